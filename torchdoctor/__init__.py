@@ -1,0 +1,75 @@
+"""torchdoctor: finds out why a PyTorch model does not train, and says how to fix it.
+
+Importing ``torchdoctor`` does not import torch; the names that need it are loaded on
+first use (so ``torchdoctor --help`` and ``list-checks`` stay fast).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torchdoctor.check import Check, SkipCheck
+from torchdoctor.errors import (
+    BatchError,
+    DeviceMismatchError,
+    DiagnosisError,
+    GradientError,
+    LossInputError,
+    ModeError,
+    NonFiniteError,
+    ShapeError,
+    TargetError,
+    TorchDoctorError,
+    UsageError,
+)
+from torchdoctor.findings import CheckResult, ExitCode, Finding, Outcome, Report, Severity
+from torchdoctor.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; imported lazily because these need torch
+_LAZY = {
+    "watch": "torchdoctor.monitors",
+    "Watch": "torchdoctor.monitors",
+    "diagnose": "torchdoctor.runner",
+    "diagnose_model": "torchdoctor.runner",
+    "Diagnosis": "torchdoctor.runner",
+    "CheckOptions": "torchdoctor.context",
+}
+
+__all__ = [
+    "BatchError",
+    "Check",
+    "CheckOptions",
+    "CheckResult",
+    "DeviceMismatchError",
+    "Diagnosis",
+    "DiagnosisError",
+    "ExitCode",
+    "Finding",
+    "GradientError",
+    "LossInputError",
+    "ModeError",
+    "NonFiniteError",
+    "Outcome",
+    "Report",
+    "Severity",
+    "ShapeError",
+    "SkipCheck",
+    "TargetError",
+    "TorchDoctorError",
+    "UsageError",
+    "Watch",
+    "__version__",
+    "diagnose",
+    "diagnose_model",
+    "hookimpl",
+    "watch",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'torchdoctor' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""``python -m torchdoctor``."""
+
+from torchdoctor.cli import main
+
+raise SystemExit(main())

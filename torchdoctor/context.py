@@ -1,0 +1,112 @@
+"""What a check is given: the options, the script-mode observations, the models found,
+and the training setup (batch, loss, optimizer) to train copies of them with.
+
+The training setup is the reference one (a FashionMNIST batch of 64, CrossEntropyLoss,
+Adam 1e-3) unless the user's file defines the hook functions ``torchdoctor_batch``,
+``torchdoctor_loss`` or ``torchdoctor_optimizer`` (see :mod:`torchdoctor.hookspecs`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torchdoctor.observations import ScriptRun
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+DEFAULT_LIMIT_BATCHES = 4
+DEFAULT_MAX_STEPS = 20
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Options shared by every check (the CLI flags of the same names)."""
+
+    device: str = "cpu"
+    seed: int = DEFAULT_SEED
+    limit_batches: int = DEFAULT_LIMIT_BATCHES
+    max_steps: int = DEFAULT_MAX_STEPS
+    timeout: float = DEFAULT_TIMEOUT
+    data_root: str | None = None
+    verbose: bool = False
+
+
+@dataclass
+class ModelCandidate:
+    """A model found in the target. ``build`` returns a *new* module each call (a deep
+    copy of what the user built, or a fresh construction), so checks can train it."""
+
+    name: str
+    origin: str
+    build: Callable[[], nn.Module]
+
+    @classmethod
+    def from_instance(cls, name: str, origin: str, model: nn.Module) -> ModelCandidate:
+        """A candidate whose copies are deep copies of ``model`` as it is now (the
+        snapshot is taken here, so later training of the user's object is not seen)."""
+        snapshot = copy.deepcopy(model)
+        return cls(name, origin, lambda: copy.deepcopy(snapshot))
+
+
+@dataclass
+class TrainingSetup:
+    """How model-mode checks train a copy: batch, loss and optimizer factories.
+
+    ``source`` says where each came from (``reference`` or ``torchdoctor_batch()``...)
+    so findings can name the user's hook when theirs is at fault.
+    """
+
+    make_batch: Callable[[], tuple[Any, Any]]
+    make_loss: Callable[[], Callable[..., torch.Tensor]]
+    make_optimizer: Callable[[Any], torch.optim.Optimizer]
+    data: str = "synthetic"
+    source: dict[str, str] = field(default_factory=dict)
+
+    def batch(self, device: str | torch.device) -> tuple[Any, Any]:
+        """A fresh (inputs, targets) batch moved to ``device``."""
+        from torchdoctor.tensors import to_device
+
+        inputs, targets = self.make_batch()
+        return to_device(inputs, device), to_device(targets, device)
+
+
+@dataclass
+class CheckContext:
+    """Everything a check may read. Checks must not modify ``run`` or ``models``."""
+
+    target: str
+    options: CheckOptions
+    setup: TrainingSetup | None = None
+    run: ScriptRun | None = None
+    models: list[ModelCandidate] = field(default_factory=list)
+
+    @property
+    def modes(self) -> frozenset[str]:
+        """Which inputs are available: "script" when the file was run, "model" when
+        models were found."""
+        available = set()
+        if self.run is not None:
+            available.add("script")
+        if self.models and self.setup is not None:
+            available.add("model")
+        return frozenset(available)
+
+    def fresh_model(self, candidate: ModelCandidate) -> nn.Module:
+        """A new copy of ``candidate`` on the check device, in training mode."""
+        model = candidate.build()
+        model.to(self.options.device)
+        model.train()
+        return model
+
+    def training_setup(self) -> TrainingSetup:
+        """The setup, or an error if the context has none (script-only contexts)."""
+        if self.setup is None:
+            raise RuntimeError("this context has no training setup (no model mode)")
+        return self.setup

@@ -1,0 +1,66 @@
+"""Typed exceptions raised by torchdoctor's public API.
+
+Every exception a user may want to catch derives from :class:`TorchDoctorError`.
+Those that describe a fault in the user's model or data also carry the
+:class:`~torchdoctor.findings.Finding` that explains it, so a test or a monitor can
+show the same table the CLI shows.
+"""
+
+from __future__ import annotations
+
+from torchdoctor.findings import Finding
+
+
+class TorchDoctorError(Exception):
+    """Base class of all torchdoctor exceptions."""
+
+
+class UsageError(TorchDoctorError):
+    """Bad input from the user: a target that cannot be loaded, a bad option.
+
+    The CLI prints its message (one line, naming the fix) and exits 2.
+    """
+
+
+class TargetError(UsageError):
+    """A TARGET that cannot be resolved: missing file, syntax error, no model found..."""
+
+
+class DiagnosisError(TorchDoctorError):
+    """A fault found in the user's model, data or training loop.
+
+    ``findings`` holds the findings behind it (at least one).
+    """
+
+    def __init__(self, message: str, findings: list[Finding] | None = None) -> None:
+        super().__init__(message)
+        self.findings: list[Finding] = list(findings or [])
+
+
+class ShapeError(DiagnosisError):
+    """Shapes that do not fit: a module got an input it cannot take, or prediction
+    and target broadcast against each other."""
+
+
+class DeviceMismatchError(DiagnosisError):
+    """Parameters, buffers or tensors on different devices."""
+
+
+class NonFiniteError(DiagnosisError):
+    """A loss, activation or gradient became NaN or infinite."""
+
+
+class GradientError(DiagnosisError):
+    """Gradients that are missing, carried over from an earlier step, vanishing or exploding."""
+
+
+class ModeError(DiagnosisError):
+    """Train/eval mode misuse: evaluating in training mode, training in eval mode."""
+
+
+class BatchError(DiagnosisError):
+    """A batch with non-finite values, an odd value range or labels out of range."""
+
+
+class LossInputError(DiagnosisError):
+    """Inputs that do not suit the loss function (softmax before CrossEntropyLoss...)."""

@@ -1,0 +1,91 @@
+"""Small helpers over tensors and nested batches shared by checks and instruments."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from torchdoctor.observations import TensorSummary
+
+
+def to_device(value: Any, device: str | torch.device) -> Any:
+    """Move a tensor, or the tensors inside lists/tuples/dicts, to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors inside a nested structure, depth first."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from iter_tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_tensors(item)
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    """The first tensor in a nested structure, or None."""
+    return next(iter_tensors(value), None)
+
+
+def _float_or_none(value: torch.Tensor) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+@torch.no_grad()
+def summarize(tensor: torch.Tensor) -> TensorSummary:
+    """Shape, dtype, device and statistics of ``tensor`` (without keeping it)."""
+    shape = tuple(int(s) for s in tensor.shape)
+    base = {"shape": shape, "dtype": str(tensor.dtype), "device": str(tensor.device)}
+    if tensor.device.type == "meta" or tensor.numel() == 0:
+        return TensorSummary(**base)
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        return TensorSummary(**base)
+    if not tensor.is_floating_point():
+        return TensorSummary(**base, min=float(tensor.min()), max=float(tensor.max()))
+    data = tensor.detach().float()
+    finite_mask = torch.isfinite(data)
+    finite = bool(finite_mask.all())
+    values = data[finite_mask] if not finite else data
+    if values.numel() == 0:
+        return TensorSummary(**base, finite=False)
+    probabilities, log_probabilities = _probability_shape(data) if finite else (False, False)
+    return TensorSummary(
+        **base,
+        min=_float_or_none(values.min()),
+        max=_float_or_none(values.max()),
+        mean=_float_or_none(values.mean()),
+        std=_float_or_none(values.std()) if values.numel() > 1 else 0.0,
+        finite=finite,
+        rows_sum_to_one=probabilities,
+        log_probabilities=log_probabilities,
+    )
+
+
+def _probability_shape(data: torch.Tensor) -> tuple[bool, bool]:
+    """Whether rows along dim 1 look like probabilities or log-probabilities.
+
+    Dim 1 is the class dimension for every classification loss in torch.
+    """
+    if data.dim() < 2 or data.shape[1] < 2:
+        return False, False
+    sums = data.sum(dim=1)
+    is_prob = bool((data >= 0).all() and (data <= 1).all()
+                   and torch.allclose(sums, torch.ones_like(sums), atol=1e-3))
+    is_log_prob = False
+    if not is_prob and bool((data <= 0).all()):
+        exp_sums = data.exp().sum(dim=1)
+        is_log_prob = bool(torch.allclose(exp_sums, torch.ones_like(exp_sums), atol=1e-3))
+    return is_prob, is_log_prob
