@@ -1,0 +1,146 @@
+"""Detects gradients carried over from one optimizer step into the next (a missing or
+misdirected ``zero_grad``), without flagging legitimate gradient accumulation.
+
+The idea: after ``optimizer.step()``, a correct loop clears the gradients of that
+optimizer's parameters before the next backward pass adds to them. A gradient hook on
+each parameter runs just *before* the new gradient is accumulated into ``.grad``; the
+first such call after a step looks at ``.grad``. If it is still non-zero, the old
+gradient is about to be summed with the new one: that is the bug. Several backward
+passes between two steps (accumulation) are fine, because only the first gradient
+after a step is looked at, and by then ``zero_grad`` has run.
+
+Used by the script-mode instrument and by :func:`torchdoctor.watch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from torchdoctor.observations import CarriedGradRecord, CodeLocation
+
+
+@dataclass
+class _WatchedOptimizer:
+    index: int
+    type_name: str
+    steps: int = 0
+    last_step_location: CodeLocation | None = None
+    #: parameters stepped but not yet given a new gradient
+    pending: set[int] = field(default_factory=set)
+
+
+class GradCarryDetector:
+    """Watches the parameters of one or more optimizers for carried-over gradients.
+
+    ``sync=True`` (the doctor's mode) checks each gradient as it arrives and records at
+    once. ``sync=False`` (for GPU training loops) only ORs a flag on the device per
+    parameter; :meth:`flush` reads the flags (one host sync) and records.
+    ``name_of`` maps a parameter to a readable name (``fc1.weight``).
+    """
+
+    def __init__(self, *, sync: bool = True,
+                 name_of: Callable[[torch.Tensor], str] | None = None) -> None:
+        self.sync = sync
+        self.records: list[CarriedGradRecord] = []
+        self._name_of = name_of or (lambda p: f"parameter{tuple(p.shape)}")
+        self._optimizers: dict[int, _WatchedOptimizer] = {}
+        self._owner: dict[int, int] = {}  # id(param) -> id(optimizer)
+        self._handles: list[Any] = []
+        # param id -> (param, device flag, step index the carry followed)
+        self._flags: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._zero_grads: list[CodeLocation] = []
+
+    def watch(self, optimizer: torch.optim.Optimizer) -> None:
+        """Start watching ``optimizer``'s parameters (idempotent)."""
+        if id(optimizer) in self._optimizers:
+            return
+        state = _WatchedOptimizer(len(self._optimizers), type(optimizer).__name__)
+        self._optimizers[id(optimizer)] = state
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.requires_grad and id(param) not in self._owner:
+                    self._owner[id(param)] = id(optimizer)
+                    self._handles.append(param.register_hook(self._make_hook(param)))
+
+    def note_step(self, optimizer: torch.optim.Optimizer,
+                  location: CodeLocation | None = None) -> None:
+        """Call after ``optimizer.step()``: its parameters must be cleared before the
+        next gradient arrives."""
+        state = self._optimizers.get(id(optimizer))
+        if state is None:
+            return
+        state.steps += 1
+        state.last_step_location = location
+        state.pending = {pid for pid, owner in self._owner.items() if owner == id(optimizer)}
+        self._zero_grads.clear()
+
+    def note_zero_grad(self, location: CodeLocation | None) -> None:
+        """Record a ``zero_grad`` call (of any optimizer or module) for the message."""
+        if location is not None:
+            self._zero_grads.append(location)
+
+    def flush(self) -> None:
+        """In ``sync=False`` mode: read the device flags (one sync) and record."""
+        if not self._flags:
+            return
+        entries = list(self._flags.values())
+        hits = torch.stack([flag for _, flag, _ in entries]).cpu().tolist()
+        for (param, _flag, step_index), hit in zip(entries, hits):
+            if hit:
+                self._record(param, step_index)
+        self._flags.clear()
+
+    def close(self) -> None:
+        """Remove every hook (always call; idempotent)."""
+        self.flush()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _make_hook(self, param: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        def before_accumulate(_grad: torch.Tensor) -> None:
+            owner = self._optimizers.get(self._owner.get(id(param), -1))
+            if owner is None or id(param) not in owner.pending:
+                return
+            owner.pending.discard(id(param))
+            if param.grad is None:
+                return
+            if self.sync:
+                if bool(param.grad.ne(0).any()):
+                    self._record(param)
+            else:
+                self._flag_on_device(param)
+
+        return before_accumulate
+
+    def _flag_on_device(self, param: torch.Tensor) -> None:
+        assert param.grad is not None
+        owner = self._optimizers[self._owner[id(param)]]
+        carried = param.grad.ne(0).any()
+        entry = self._flags.get(id(param))
+        if entry is not None:  # keep the earliest step a carry followed
+            self._flags[id(param)] = (param, entry[1] | carried, entry[2])
+        else:
+            self._flags[id(param)] = (param, carried, owner.steps)
+
+    def _record(self, param: torch.Tensor, step_index: int | None = None) -> None:
+        owner = self._optimizers[self._owner[id(param)]]
+        step_index = owner.steps if step_index is None else step_index
+        name = self._name_of(param)
+        last = self.records[-1] if self.records else None
+        if last is not None and last.optimizer == owner.index and last.step_index == step_index:
+            if name not in last.params:
+                last.params.append(name)
+            return
+        self.records.append(CarriedGradRecord(
+            optimizer=owner.index,
+            optimizer_type=owner.type_name,
+            step_index=step_index,
+            step_location=owner.last_step_location,
+            params=[name],
+            zero_grad_locations=list(self._zero_grads),
+        ))

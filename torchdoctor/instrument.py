@@ -1,0 +1,482 @@
+"""Instrumentation of a user's training script, for one script-mode run.
+
+:class:`Instrumentation` is a context manager that, while it is active, observes every
+model forward, loss, ``backward()``, ``optimizer.step()``/``zero_grad()`` and DataLoader
+pass in the process, and enforces the fast-dev-run budget:
+
+* each DataLoader pass yields at most ``limit_batches`` batches;
+* after ``max_steps`` applied optimizer steps, further steps are skipped, and after as
+  many skipped steps again the run is stopped (so a 10-epoch script shows both its
+  training and its evaluation phases within seconds, and an endless loop ends).
+
+It uses torch's global module and optimizer hooks and patches a few class attributes
+(DataLoader.__iter__, Tensor.backward, the zero_grad methods, functional losses); all
+are removed on exit, whatever happened. Observations go into a
+:class:`~torchdoctor.observations.ScriptRun`; no tensor outlives the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from torchdoctor.callsite import user_callsite
+from torchdoctor.context import CheckOptions
+from torchdoctor.gradcarry import GradCarryDetector
+from torchdoctor.observations import (
+    BackwardRecord,
+    ForwardRecord,
+    LossRecord,
+    ModuleCall,
+    ModuleInfo,
+    NonFiniteRecord,
+    ObservedModel,
+    ScriptRun,
+    StepRecord,
+)
+from torchdoctor.tensors import all_finite, first_tensor, iter_tensors, shape_only, summarize
+
+#: functional losses observed when called outside a loss module
+FUNCTIONAL_LOSSES = (
+    "cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+    "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div",
+)
+
+#: module types whose behaviour depends on ``training``
+MODE_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm,
+                  nn.modules.instancenorm._InstanceNorm)
+
+_MAX_INPUTS = 4  # tensor inputs summarised per forward
+_DETAILED_PER_PASS = 2  # forwards/losses per DataLoader pass summarised with statistics
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _bookkeeping(method: _F) -> _F:
+    """Label torchdoctor's own work for torch.profiler (only while one is active), so
+    `torchdoctor profile` can leave the doctor's summaries out of the user's top ops."""
+
+    @functools.wraps(method)
+    def labelled(*args: Any, **kwargs: Any) -> Any:
+        if not torch.autograd.profiler._is_profiler_enabled:
+            return method(*args, **kwargs)
+        with torch.profiler.record_function("torchdoctor.instrument"):
+            return method(*args, **kwargs)
+
+    return labelled  # type: ignore[return-value]
+
+
+class StopRun(BaseException):
+    """Raised inside the user's script to end it at the step budget. A BaseException so
+    that the user's ``except Exception`` does not swallow it."""
+
+
+class _Timer:
+    """Accumulates wall seconds per phase."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+
+    def add(self, phase: str, since: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - since
+
+
+class Instrumentation:
+    """Observe one script run; see the module docstring."""
+
+    def __init__(self, options: CheckOptions, run: ScriptRun) -> None:
+        self.options = options
+        self.run = run
+        self.models: list[nn.Module] = []
+        self.snapshots: list[nn.Module] = []
+        self.detector = GradCarryDetector(sync=True, name_of=self._param_name)
+        self.timer = _Timer(run.phase_seconds)
+        self._model_index: dict[int, int] = {}
+        self._param_names: dict[int, str] = {}
+        self._qualnames: dict[int, str] = {}
+        self._stack: list[tuple[nn.Module, tuple[Any, ...], float]] = []
+        self._error_stack: tuple[BaseException, list[ModuleCall]] | None = None
+        self._last_inputs: dict[int, tuple[Any, ...]] = {}
+        self._open_forwards: dict[int, ForwardRecord] = {}
+        self._optimizers: dict[int, int] = {}
+        self._skipped_optimizers: list[tuple[torch.optim.Optimizer, bool, Any]] = []
+        self._handles: list[Any] = []
+        self._patches: list[tuple[Any, str, Any]] = []
+        self._pass_index = -1
+        self._step_started = 0.0
+        self._paused = False  # set while torchdoctor itself runs a model (replays)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def __enter__(self) -> Instrumentation:
+        from torch.nn.modules import module as module_mod
+        from torch.optim import optimizer as optimizer_mod
+
+        self._handles += [
+            module_mod.register_module_forward_pre_hook(self._forward_pre),
+            module_mod.register_module_forward_hook(self._forward_post, always_call=True),
+            optimizer_mod.register_optimizer_step_pre_hook(self._step_pre),
+            optimizer_mod.register_optimizer_step_post_hook(self._step_post),
+        ]
+        self._patch(DataLoader, "__iter__", self._wrap_loader_iter(DataLoader.__iter__))
+        self._patch(torch.Tensor, "backward", self._wrap_backward(torch.Tensor.backward))
+        self._patch(torch.optim.Optimizer, "zero_grad",
+                    self._wrap_zero_grad(torch.optim.Optimizer.zero_grad))
+        self._patch(nn.Module, "zero_grad", self._wrap_zero_grad(nn.Module.zero_grad))
+        for name in FUNCTIONAL_LOSSES:
+            self._patch(nn.functional, name, self._wrap_functional_loss(name))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for owner, name, original in reversed(self._patches):
+            setattr(owner, name, original)
+        self._patches.clear()
+        for optimizer, had_attr, previous in self._skipped_optimizers:
+            if had_attr:
+                optimizer.step = previous  # type: ignore[method-assign]
+            else:
+                del optimizer.step
+        self._skipped_optimizers.clear()
+        self.detector.close()
+        self.run.carried_grads = list(self.detector.records)
+        self._last_inputs.clear()
+
+    def _patch(self, owner: Any, name: str, replacement: Any) -> None:
+        self._patches.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, replacement)
+
+    def error_stack_for(self, exc: BaseException) -> list[ModuleCall]:
+        """The modules that were executing when ``exc`` was raised (outermost first)."""
+        if self._error_stack is not None and self._error_stack[0] is exc:
+            return self._error_stack[1]
+        return []
+
+    # -- models and forwards -----------------------------------------------------
+    def _forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self._paused:
+            return
+        if not self._stack and not self._is_loss(module):
+            index = self._observe_model(module)
+            if index is not None:
+                self._open_forward(index, module, args)
+        self._stack.append((module, args, time.perf_counter()))
+
+    def _forward_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._paused:
+            return
+        failing = sys.exc_info()[1]
+        if failing is not None and (self._error_stack is None
+                                    or self._error_stack[0] is not failing):
+            self._error_stack = (failing, self._describe_stack())
+        if not self._stack or self._stack[-1][0] is not module:
+            return
+        _, _, started = self._stack.pop()
+        if self._stack:
+            return
+        if self._is_loss(module) and failing is None and len(args) >= 1:
+            self._record_loss(type(module).__name__, args, output, self._loss_options(module))
+        index = self._model_index.get(id(module))
+        if index is not None and index in self._open_forwards:
+            self._close_forward(index, output, failing is None)
+            self.timer.add("forward", started)
+
+    @staticmethod
+    def _is_loss(module: nn.Module) -> bool:
+        return isinstance(module, nn.modules.loss._Loss)
+
+    def _observe_model(self, module: nn.Module) -> int | None:
+        """Register a root model on first sight (one with parameters)."""
+        if id(module) in self._model_index:
+            return self._model_index[id(module)]
+        params = list(module.named_parameters())
+        if not params:
+            return None
+        index = len(self.models)
+        self._model_index[id(module)] = index
+        self.models.append(module)
+        self.snapshots.append(copy.deepcopy(module))  # as built, before any training
+        prefix = f"{type(module).__name__}." if index else ""
+        self._param_names.update({id(p): prefix + name for name, p in params})
+        self._qualnames.update({id(m): name for name, m in module.named_modules()})
+        sensitive = [name or "<model>" for name, m in module.named_modules()
+                     if isinstance(m, MODE_SENSITIVE)]
+        self.run.models.append(ObservedModel(
+            index=index, type_name=type(module).__name__, location=user_callsite(),
+            mode_sensitive=sensitive, parameter_count=sum(p.numel() for _, p in params)))
+        return index
+
+    @_bookkeeping
+    def _open_forward(self, index: int, module: nn.Module, args: tuple[Any, ...]) -> None:
+        tensors = [t for t in iter_tensors(args)][:_MAX_INPUTS]
+        describe = summarize if self._detailed(self.run.forwards) else shape_only
+        record = ForwardRecord(
+            index=len(self.run.forwards), model=index, training=module.training,
+            grad_enabled=torch.is_grad_enabled(), step_count=self._applied_steps(),
+            location=user_callsite(), inputs=tuple(describe(t) for t in tensors),
+            loader_pass=self._pass_index)
+        self.run.forwards.append(record)
+        self._open_forwards[index] = record
+        self._last_inputs[index] = args
+
+    @_bookkeeping
+    def _close_forward(self, index: int, output: Any, succeeded: bool) -> None:
+        record = self._open_forwards.pop(index)
+        out = first_tensor(output) if succeeded else None
+        if out is None:
+            return
+        record.output = summarize(out) if self._detailed(self.run.forwards[:-1]) \
+            else shape_only(out)
+        if out.requires_grad:
+            # fires only if a backward pass really flows through this output
+            out.register_hook(lambda grad: _mark_followed(record))
+
+    @_bookkeeping
+    def _detailed(self, records: list[Any]) -> bool:
+        """Statistics cost kernels: compute them for the first few records of each
+        DataLoader pass only (and for everything outside DataLoader passes' bulk)."""
+        in_pass = [r for r in records[-(_DETAILED_PER_PASS + 1):]
+                   if getattr(r, "loader_pass", self._pass_index) == self._pass_index]
+        return len(in_pass) < _DETAILED_PER_PASS or self._pass_index < 0
+
+    def _describe_stack(self) -> list[ModuleCall]:
+        calls = []
+        for module, args, _ in self._stack:
+            tensors = [t for t in iter_tensors(args)][:_MAX_INPUTS]
+            info = ModuleInfo(self._qualnames.get(id(module), ""), type(module).__name__,
+                              module.extra_repr())
+            calls.append(ModuleCall(info, tuple(summarize(t) for t in tensors)))
+        return calls
+
+    # -- losses ------------------------------------------------------------------
+    def _wrap_functional_loss(self, name: str) -> Callable[..., Any]:
+        original = getattr(nn.functional, name)
+        instrumentation = self
+
+        def observed_loss(input: Any, target: Any = None, *args: Any, **kwargs: Any) -> Any:
+            inside_module = bool(instrumentation._stack) or instrumentation._paused
+            output = original(input, target, *args, **kwargs)
+            if not inside_module:
+                options = {k: str(v) for k, v in kwargs.items() if isinstance(v, (str, int))}
+                instrumentation._record_loss(name, (input, target), output, options)
+            return output
+
+        observed_loss.__wrapped__ = original  # type: ignore[attr-defined]
+        return observed_loss
+
+    @_bookkeeping
+    def _record_loss(self, name: str, args: tuple[Any, ...], output: Any,
+                     options: dict[str, str]) -> None:
+        prediction = args[0]
+        target = args[1] if len(args) > 1 else None
+        if not isinstance(prediction, torch.Tensor):
+            return
+        value = None
+        if isinstance(output, torch.Tensor) and output.numel() == 1:
+            value = float(output.detach())
+        describe = summarize if self._detailed(self.run.losses) else shape_only
+        self.run.losses.append(LossRecord(
+            index=len(self.run.losses), loss=name, prediction=describe(prediction),
+            target=describe(target) if isinstance(target, torch.Tensor) else None,
+            value=value, step_count=self._applied_steps(), location=user_callsite(),
+            options=options))
+
+    @staticmethod
+    def _loss_options(module: nn.Module) -> dict[str, str]:
+        keys = ("reduction", "ignore_index", "label_smoothing")
+        return {k: str(getattr(module, k)) for k in keys if hasattr(module, k)}
+
+    # -- backward ----------------------------------------------------------------
+    def _wrap_backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        instrumentation = self
+
+        def observed_backward(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            value = float(tensor.detach()) if tensor.numel() == 1 else None
+            started = time.perf_counter()
+            try:
+                return original(tensor, *args, **kwargs)
+            finally:
+                instrumentation.timer.add("backward", started)
+                instrumentation._after_backward(value)
+
+        return observed_backward
+
+    @_bookkeeping
+    def _after_backward(self, value: float | None) -> None:
+        finite = value is None or math.isfinite(value)
+        bad_grads = self._nonfinite(lambda p: p.grad)
+        record = BackwardRecord(index=len(self.run.backwards), value=value, finite=finite,
+                                step_count=self._applied_steps(), location=user_callsite(),
+                                nonfinite_grads=bad_grads)
+        self.run.backwards.append(record)
+        if not self.run.nonfinite and (not finite or bad_grads):
+            self._localize("loss" if not finite else "gradient",
+                           bad_grads[0] if bad_grads else "")
+
+    def _nonfinite(self, read: Callable[[nn.Parameter], torch.Tensor | None]) -> list[str]:
+        values = [read(p) for model in self.models for p in model.parameters()]
+        if all_finite([v for v in values if v is not None]):
+            return []
+        names = []
+        for model in self.models:
+            for param in model.parameters():
+                tensor = read(param)
+                if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                    names.append(self._param_name(param))
+        return names
+
+    def _localize(self, kind: str, where: str, lr: float | None = None) -> None:
+        """Record the first non-finite value; replay the last forward with per-module
+        hooks (on a copy) to find the module that produced it."""
+        record = NonFiniteRecord(
+            step_count=self._applied_steps(), kind=kind, where=where,
+            location=user_callsite(), lr=lr,
+            loss_history=[b.value for b in self.run.backwards[-12:] if b.value is not None])
+        self.run.nonfinite.append(record)
+        if kind in ("loss", "gradient") and self.run.forwards:
+            self._replay(record, self.run.forwards[-1].model)
+
+    def _replay(self, record: NonFiniteRecord, model_index: int) -> None:
+        from torchdoctor.nonfinite_replay import replay_forward
+
+        inputs = self._last_inputs.get(model_index)
+        if inputs is None:
+            return
+        self._paused = True
+        try:
+            hit = replay_forward(self.models[model_index], inputs)
+        finally:
+            self._paused = False
+        if hit is not None:
+            record.kind = "activation" if record.kind == "loss" else record.kind
+            record.where = record.where or hit.qualname
+            record.module = hit.module
+            record.detail = "inputs were finite" if hit.inputs_finite else \
+                "its inputs were already non-finite"
+
+    # -- optimizer ---------------------------------------------------------------
+    def _applied_steps(self) -> int:
+        return sum(1 for s in self.run.steps if not s.skipped)
+
+    def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._optimizers.setdefault(id(optimizer), len(self._optimizers))
+        self.detector.watch(optimizer)
+        self._step_started = time.perf_counter()
+
+    @_bookkeeping
+    def _step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.timer.add("step", self._step_started)
+        location = user_callsite()
+        bad = self._nonfinite_params(optimizer)
+        lr = _learning_rate(optimizer)
+        self.run.steps.append(StepRecord(
+            index=len(self.run.steps), optimizer=self._optimizers[id(optimizer)],
+            optimizer_type=type(optimizer).__name__, location=location, lr=lr,
+            nonfinite_params=bad))
+        self.detector.note_step(optimizer, location)
+        if bad and not any(r.kind == "parameter" for r in self.run.nonfinite):
+            self._localize("parameter", bad[0], lr)
+        if self._applied_steps() >= self.options.max_steps:
+            self._skip_further_steps(optimizer)
+
+    def _nonfinite_params(self, optimizer: torch.optim.Optimizer) -> list[str]:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if all_finite(params):
+            return []
+        return [self._param_name(p) for p in params if not bool(torch.isfinite(p.detach()).all())]
+
+    def _skip_further_steps(self, optimizer: torch.optim.Optimizer) -> None:
+        """Replace this optimizer's step by a recorder (restored on exit)."""
+        if any(o is optimizer for o, _, _ in self._skipped_optimizers):
+            return
+        had_attr = "step" in vars(optimizer)
+        self._skipped_optimizers.append((optimizer, had_attr, vars(optimizer).get("step")))
+        index = self._optimizers[id(optimizer)]
+        name = type(optimizer).__name__
+
+        def skipped_step(*args: Any, **kwargs: Any) -> None:
+            self.run.steps.append(StepRecord(index=len(self.run.steps), optimizer=index,
+                                             optimizer_type=name, location=user_callsite(),
+                                             skipped=True))
+            if len(self.run.steps) - self._applied_steps() >= self.options.max_steps:
+                raise StopRun
+            return None
+
+        optimizer.step = skipped_step  # type: ignore[method-assign]
+
+    def _wrap_zero_grad(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        detector = self.detector
+
+        def observed_zero_grad(owner: Any, *args: Any, **kwargs: Any) -> Any:
+            detector.note_zero_grad(user_callsite())
+            return original(owner, *args, **kwargs)
+
+        return observed_zero_grad
+
+    def _param_name(self, param: torch.Tensor) -> str:
+        return self._param_names.get(id(param), f"parameter{tuple(param.shape)}")
+
+    # -- data --------------------------------------------------------------------
+    def _wrap_loader_iter(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        instrumentation = self
+
+        def limited_iter(loader: DataLoader) -> Iterator[Any]:
+            instrumentation.run.loader_passes += 1
+            instrumentation._pass_index += 1
+            return _LimitedIterator(original(loader), instrumentation)
+
+        return limited_iter
+
+
+class _LimitedIterator:
+    """A DataLoader iterator that stops after ``limit_batches`` and times each fetch."""
+
+    def __init__(self, inner: Iterator[Any], instrumentation: Instrumentation) -> None:
+        self._inner = inner
+        self._owner = instrumentation
+        self._left = instrumentation.options.limit_batches
+
+    def __iter__(self) -> _LimitedIterator:
+        return self
+
+    def __len__(self) -> int:
+        return min(len(self._inner), self._left)  # type: ignore[arg-type]
+
+    def __next__(self) -> Any:
+        if self._left <= 0:
+            raise StopIteration
+        started = time.perf_counter()
+        batch = next(self._inner)
+        self._owner.timer.add("data", started)
+        self._left -= 1
+        self._owner.run.batches += 1
+        return batch
+
+
+def _mark_followed(record: ForwardRecord) -> None:
+    record.backward_followed = True
+
+
+def _learning_rate(optimizer: torch.optim.Optimizer) -> float | None:
+    lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
+    if isinstance(lr, torch.Tensor):
+        return float(lr)
+    return float(lr) if isinstance(lr, (int, float)) else None
+
+
+def run_script(path: Any, options: CheckOptions, *, argv: list[str] | None = None) -> Any:
+    """Run a user's file under instrumentation: see :func:`torchdoctor.script.run_script`."""
+    from torchdoctor.script import run_script as run
+
+    return run(path, options, argv=argv)

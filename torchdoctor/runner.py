@@ -1,0 +1,288 @@
+"""Running checks: prepare a target once, run each check in isolation, build a Report.
+
+Flow: TARGET -> :mod:`torchdoctor.target` (parse, run or import, find models) ->
+:class:`Diagnosis` (one CheckContext, each check run inside ``preserved_state`` and
+turned into a CheckResult, never an exception) -> :class:`~torchdoctor.findings.Report`.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
+from typing import Any
+
+from torchdoctor.check import Check, SkipCheck
+from torchdoctor.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.errors import TargetError, UsageError
+from torchdoctor.findings import (
+    TARGET_CHECK_ID,
+    CheckResult,
+    Finding,
+    Outcome,
+    Report,
+    Severity,
+    outcome_for,
+)
+from torchdoctor.observations import RunStatus, ScriptRun
+from torchdoctor.plugins import collect_checks, make_plugin_manager, register_user_module
+from torchdoctor.state import preserved_state
+from torchdoctor.target import (
+    Target,
+    discover_candidates,
+    import_target_module,
+    named_candidate,
+    parse_target,
+    script_candidates,
+)
+
+
+def select_checks(classes: Sequence[type[Check]], select: Sequence[str] | None,
+                  ignore: Sequence[str] | None) -> list[type[Check]]:
+    """Filter check classes by id; an unknown id is a UsageError naming the known ones."""
+    known = [c.id for c in classes]
+    for check_id in [*(select or []), *(ignore or [])]:
+        if check_id not in known:
+            raise UsageError(f"unknown check id {check_id!r}; known: {', '.join(known)}")
+    chosen = [c for c in classes if not select or c.id in select]
+    return [c for c in chosen if c.id not in (ignore or [])]
+
+
+def run_one_check(check: Check, ctx: CheckContext) -> CheckResult:
+    """Run one check in isolation: state restored, exceptions become ``crashed``."""
+    started = time.perf_counter()
+    if not (check.modes & ctx.modes):
+        wanted = " or ".join(sorted(check.modes))
+        return CheckResult(check.id, Outcome.SKIPPED, 0.0, [],
+                           f"needs {wanted} mode; this target offers "
+                           f"{' and '.join(sorted(ctx.modes)) or 'neither'}")
+    try:
+        with preserved_state(ctx.options.seed) as leaked:
+            findings = list(check.run(ctx) or [])
+    except SkipCheck as exc:
+        return CheckResult(check.id, Outcome.SKIPPED, time.perf_counter() - started, [],
+                           str(exc))
+    except Exception:
+        return CheckResult(check.id, Outcome.CRASHED, time.perf_counter() - started, [],
+                           traceback.format_exc())
+    seconds = time.perf_counter() - started
+    if leaked:
+        return CheckResult(check.id, Outcome.CRASHED, seconds, findings,
+                           f"left global hooks installed: {', '.join(leaked)}")
+    return CheckResult(check.id, outcome_for(findings), seconds, findings)
+
+
+class Diagnosis:
+    """One target, prepared once (the script runs at most once), checked check by check.
+
+    Used by :func:`diagnose`, by the CLI, and by the pytest plugin (one test item per
+    check). Preparation happens on first use; a bad target raises TargetError then.
+    """
+
+    def __init__(self, target: str, options: CheckOptions | None = None, *,
+                 select: Sequence[str] | None = None,
+                 ignore: Sequence[str] | None = None) -> None:
+        self.target = target
+        self.options = options or CheckOptions()
+        load = make_plugin_manager()
+        self._manager = load.manager
+        classes, problems = collect_checks(self._manager)
+        self.notes = load.problems + problems
+        self._classes = select_checks(classes, select, ignore)
+        self._context: CheckContext | None = None
+        self._results: dict[str, CheckResult] = {}
+        self._run_findings: list[Finding] = []
+        self._started = time.perf_counter()
+
+    @property
+    def check_ids(self) -> list[str]:
+        """The ids of the selected checks, in run order."""
+        return [c.id for c in self._classes]
+
+    def __enter__(self) -> Diagnosis:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._context = None
+
+    def context(self) -> CheckContext:
+        """The prepared context (runs the script on first call)."""
+        if self._context is None:
+            self._context = self._prepare()
+        return self._context
+
+    def run_check(self, check_id: str) -> CheckResult:
+        """Run (once) and return the result of one check."""
+        if check_id not in self._results:
+            cls = next((c for c in self._classes if c.id == check_id), None)
+            if cls is None:
+                raise UsageError(f"check {check_id!r} is not selected")
+            self._results[check_id] = run_one_check(cls(), self.context())
+        return self._results[check_id]
+
+    def report(self) -> Report:
+        """Run every selected check not run yet and return the report."""
+        ctx = self.context()
+        results = [self.run_check(check_id) for check_id in self.check_ids]
+        findings = [f for r in results for f in r.findings]
+        return Report(
+            target=self.target, mode=_mode_name(ctx), data=_data_name(ctx),
+            device=self.options.device, seconds=time.perf_counter() - self._started,
+            checks=results, run_findings=self._run_findings + _run_findings(ctx.run, findings),
+            notes=self.notes + (ctx.run.notes if ctx.run else []))
+
+    def _prepare(self) -> CheckContext:
+        parsed = parse_target(self.target)
+        with preserved_state(self.options.seed):
+            if parsed.runs_as_script:
+                return self._prepare_script(parsed)
+            return self._prepare_object(parsed)
+
+    def _prepare_script(self, parsed: Target) -> CheckContext:
+        from torchdoctor.script import run_script
+
+        assert parsed.path is not None
+        result = run_script(parsed.path, self.options)
+        run = result.run
+        if run.error is not None and run.error.before_training:
+            raise TargetError(f"{parsed.path} raised {run.error.type_name} before any model "
+                              f"ran: {run.error.message} (at {run.error.location}). "
+                              "The file must run as `python FILE`.")
+        user_module = ModuleType(result.namespace.get("__name__", "__main__"))
+        user_module.__dict__.update(result.namespace)
+        register_user_module(self._manager, user_module)
+        where = str(parsed.path)
+        models = self._hook_candidates() or script_candidates(
+            result.snapshots, result.namespace, result.models, where) or \
+            self._discover_or_none(result.namespace, where, run)
+        return CheckContext(self.target, self.options, self._setup(), run, models)
+
+    def _discover_or_none(self, namespace: dict[str, Any], where: str,
+                          run: ScriptRun) -> list[ModelCandidate]:
+        found = discover_candidates(namespace, where)
+        if not found and not run.forwards:
+            raise TargetError(f"no model found in {where}: it neither builds a model when "
+                              "run nor defines one. Name one (file.py::name) or define "
+                              "torchdoctor_model()")
+        return found
+
+    def _prepare_object(self, parsed: Target) -> CheckContext:
+        module = import_target_module(parsed)
+        register_user_module(self._manager, module)
+        assert parsed.object_name is not None
+        where = parsed.module_name or str(parsed.path)
+        models = self._hook_candidates() or [
+            named_candidate(vars(module), parsed.object_name, where)]
+        return CheckContext(self.target, self.options, self._setup(), None, models)
+
+    def _hook_candidates(self) -> list[ModelCandidate]:
+        hook = self._manager.hook.torchdoctor_model
+        if not hook.get_hookimpls():
+            return []
+        return [ModelCandidate("torchdoctor_model()", "the file's torchdoctor_model()",
+                               _model_from_hook(hook))]
+
+    def _setup(self) -> TrainingSetup:
+        return user_training_setup(self._manager.hook, self.options)
+
+
+def _model_from_hook(hook: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        from torch import nn
+
+        model = hook()
+        if not isinstance(model, nn.Module):
+            raise TargetError(f"torchdoctor_model() returned {type(model).__name__}, "
+                              "not an nn.Module")
+        return model
+
+    return build
+
+
+def user_training_setup(hook: Any, options: CheckOptions) -> TrainingSetup:
+    """The reference setup, with each part replaced by the user's hook function when
+    their file defines one."""
+    from torchdoctor.reference import reference_setup
+
+    setup = reference_setup(options)
+    if hook.torchdoctor_batch.get_hookimpls():
+        setup.make_batch = lambda: tuple(hook.torchdoctor_batch())  # type: ignore[assignment]
+        setup.data = "torchdoctor_batch()"
+        setup.source["batch"] = "torchdoctor_batch()"
+    if hook.torchdoctor_loss.get_hookimpls():
+        setup.make_loss = lambda: hook.torchdoctor_loss()
+        setup.source["loss"] = "torchdoctor_loss()"
+    if hook.torchdoctor_optimizer.get_hookimpls():
+        setup.make_optimizer = lambda params: hook.torchdoctor_optimizer(params=params)
+        setup.source["optimizer"] = "torchdoctor_optimizer(params)"
+    return setup
+
+
+def _mode_name(ctx: CheckContext) -> str:
+    return "+".join(m for m in ("script", "model") if m in ctx.modes) or "none"
+
+
+def _data_name(ctx: CheckContext) -> str:
+    return ctx.setup.data if ctx.setup is not None and ctx.models else "none"
+
+
+def _run_findings(run: ScriptRun | None, findings: list[Finding]) -> list[Finding]:
+    """Findings about the script run itself (check id ``target``)."""
+    if run is None:
+        return []
+    found = []
+    if run.error is not None and not any(f.explains_crash for f in findings):
+        found.append(Finding(
+            TARGET_CHECK_ID, Severity.ERROR,
+            f"the script raised {run.error.type_name}: {run.error.message.splitlines()[0]}",
+            str(run.error.location or run.path),
+            "no check recognised this error; run the file with python to see the full "
+            "traceback (or torchdoctor check --verbose)"))
+    if run.status is RunStatus.TIMEOUT:
+        found.append(Finding(TARGET_CHECK_ID, Severity.WARNING,
+                             "the script did not finish within --timeout; checks saw only "
+                             "what ran before", run.path,
+                             "raise --timeout, or lower --limit-batches/--max-steps"))
+    if run.status is RunStatus.EXITED:
+        found.append(Finding(TARGET_CHECK_ID, Severity.WARNING, "; ".join(run.notes),
+                             run.path, ""))
+    return found
+
+
+def diagnose(target: str, options: CheckOptions | None = None, *,
+             select: Sequence[str] | None = None,
+             ignore: Sequence[str] | None = None) -> Report:
+    """Diagnose a TARGET (``file.py``, ``file.py::name`` or ``package.module:name``)
+    and return the report. Raises TargetError/UsageError for a bad target or ids."""
+    with Diagnosis(target, options, select=select, ignore=ignore) as diagnosis:
+        return diagnosis.report()
+
+
+def diagnose_model(model: Any, *, batch: tuple[Any, Any] | None = None,
+                   loss_fn: Callable[..., Any] | None = None,
+                   optimizer_factory: Callable[[Iterable[Any]], Any] | None = None,
+                   options: CheckOptions | None = None,
+                   select: Sequence[str] | None = None, ignore: Sequence[str] | None = None,
+                   name: str = "model") -> Report:
+    """Run the model-mode checks on copies of ``model`` (it is not modified). ``batch``,
+    ``loss_fn`` and ``optimizer_factory`` replace the reference ones."""
+    from torchdoctor.reference import reference_setup
+
+    options = options or CheckOptions()
+    started = time.perf_counter()
+    with preserved_state(options.seed):
+        candidate = ModelCandidate.from_instance(name, "the model given", model)
+        setup = reference_setup(options)
+    if batch is not None:
+        setup.make_batch, setup.data = (lambda: batch), "the batch given"
+    if loss_fn is not None:
+        setup.make_loss = lambda: loss_fn
+    if optimizer_factory is not None:
+        setup.make_optimizer = optimizer_factory
+    ctx = CheckContext(name, options, setup, None, [candidate])
+    classes, problems = collect_checks(make_plugin_manager().manager)
+    results = [run_one_check(cls(), ctx) for cls in select_checks(classes, select, ignore)]
+    return Report(target=name, mode="model", data=setup.data, device=options.device,
+                  seconds=time.perf_counter() - started, checks=results, notes=problems)
+
