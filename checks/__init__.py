@@ -26,12 +26,30 @@ BUILTIN_MODULES = {
 
 
 def builtin_checks() -> list[type[Check]]:
-    """The built-in check classes, in run order."""
+    """The built-in check classes, in run order. A module that fails to import becomes
+    a check that reports the failure as ``crashed``: the other checks still run."""
     classes = []
     for module_name, class_name in BUILTIN_MODULES.items():
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        classes.append(getattr(module, class_name))
+        try:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            classes.append(getattr(module, class_name))
+        except Exception as exc:
+            classes.append(_broken_check(module_name, exc))
     return classes
+
+
+def _broken_check(module_name: str, error: Exception) -> type[Check]:
+    """A stand-in for a check module that cannot be imported."""
+
+    class BrokenCheck(Check):
+        id = module_name.replace("_", "-")
+        summary = f"(broken: {type(error).__name__}: {error})"
+
+        def run(self, ctx: object) -> list:  # type: ignore[override]
+            raise RuntimeError(f"check module {module_name} failed to import: "
+                               f"{type(error).__name__}: {error}") from error
+
+    return BrokenCheck
 
 
 @hookimpl

@@ -276,10 +276,13 @@ def diagnose_model(model: Any, *, batch: tuple[Any, Any] | None = None,
         setup = reference_setup(options)
     if batch is not None:
         setup.make_batch, setup.data = (lambda: batch), "the batch given"
+        setup.source["batch"] = "batch given"
     if loss_fn is not None:
         setup.make_loss = lambda: loss_fn
+        setup.source["loss"] = "loss_fn given"
     if optimizer_factory is not None:
         setup.make_optimizer = optimizer_factory
+        setup.source["optimizer"] = "optimizer_factory given"
     ctx = CheckContext(name, options, setup, None, [candidate])
     classes, problems = collect_checks(make_plugin_manager().manager)
     results = [run_one_check(cls(), ctx) for cls in select_checks(classes, select, ignore)]
