@@ -413,7 +413,7 @@ class Instrumentation:
                 raise StopRun
             return None
 
-        optimizer.step = skipped_step  # type: ignore[method-assign]
+        optimizer.step = skipped_step  # type: ignore[method-assign,assignment]
 
     def _wrap_zero_grad(self, original: Callable[..., Any]) -> Callable[..., Any]:
         detector = self.detector
@@ -434,9 +434,25 @@ class Instrumentation:
         def limited_iter(loader: DataLoader) -> Iterator[Any]:
             instrumentation.run.loader_passes += 1
             instrumentation._pass_index += 1
+            instrumentation._note_synthetic(loader)
             return _LimitedIterator(original(loader), instrumentation)
 
         return limited_iter
+
+
+    def _note_synthetic(self, loader: DataLoader) -> None:
+        """Mark the report when the script trains on torchdoctor's synthetic stand-in."""
+        data_module = sys.modules.get("torchdoctor.data")
+        if data_module is None:
+            return
+        try:
+            kind = data_module.dataset_kind(loader.dataset)
+        except TypeError:
+            return
+        note = ("the script's data is the synthetic FashionMNIST stand-in (no real data "
+                "found): accuracy figures are not FashionMNIST's")
+        if kind == "synthetic" and note not in self.run.notes:
+            self.run.notes.append(note)
 
 
 class _LimitedIterator:

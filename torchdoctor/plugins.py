@@ -12,6 +12,7 @@ from typing import Any
 import pluggy
 
 from torchdoctor import hookspecs
+from torchdoctor.check import Check
 from torchdoctor.errors import TargetError
 
 ENTRY_POINT_GROUP = "torchdoctor"
@@ -83,17 +84,17 @@ def _load_entry_points(manager: pluggy.PluginManager) -> list[str]:
     return problems
 
 
-def collect_checks(manager: pluggy.PluginManager) -> tuple[list[type], list[str]]:
+def collect_checks(manager: pluggy.PluginManager) -> tuple[list[type[Check]], list[str]]:
     """Every check class from every plugin, each plugin called on its own so one
     raising implementation does not hide the others' checks. Returns the classes (in
     registration order, first id wins) and the problems met."""
-    classes: list[type] = []
+    classes: list[type[Check]] = []
     seen: set[str] = set()
     problems: list[str] = []
     # pluggy returns implementations last-registered first; built-ins come first here.
     for impl in reversed(manager.hook.torchdoctor_checks.get_hookimpls()):
         try:
-            provided = list(impl.function())
+            provided: list[type[Check]] = list(impl.function())  # type: ignore[call-overload]
         except Exception as exc:
             problems.append(f"plugin {impl.plugin_name!r} raised in torchdoctor_checks: "
                             f"{type(exc).__name__}: {exc}")

@@ -48,7 +48,8 @@ def _float_or_none(value: torch.Tensor) -> float | None:
 def summarize(tensor: torch.Tensor) -> TensorSummary:
     """Shape, dtype, device and statistics of ``tensor`` (without keeping it)."""
     shape = tuple(int(s) for s in tensor.shape)
-    base = {"shape": shape, "dtype": str(tensor.dtype), "device": str(tensor.device)}
+    base: dict[str, Any] = {"shape": shape, "dtype": str(tensor.dtype),
+                            "device": str(tensor.device)}
     if tensor.device.type == "meta" or tensor.numel() == 0:
         return TensorSummary(**base)
     if tensor.dtype == torch.bool or tensor.is_complex():
