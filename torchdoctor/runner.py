@@ -203,13 +203,12 @@ def _model_from_hook(hook: Any) -> Callable[[], Any]:
 def user_training_setup(hook: Any, options: CheckOptions) -> TrainingSetup:
     """The reference setup, with each part replaced by the user's hook function when
     their file defines one."""
-    from torchdoctor.reference import reference_setup
-
-    setup = reference_setup(options)
+    batch = None
     if hook.torchdoctor_batch.get_hookimpls():
-        setup.make_batch = lambda: tuple(hook.torchdoctor_batch())  # type: ignore[assignment]
-        setup.data = "torchdoctor_batch()"
-        setup.source["batch"] = "torchdoctor_batch()"
+        def batch() -> tuple[Any, ...]:
+            return tuple(hook.torchdoctor_batch())
+
+    setup = training_setup(options, batch=batch, batch_source="torchdoctor_batch()")
     if hook.torchdoctor_loss.get_hookimpls():
         setup.make_loss = lambda: hook.torchdoctor_loss()
         setup.source["loss"] = "torchdoctor_loss()"
@@ -217,6 +216,20 @@ def user_training_setup(hook: Any, options: CheckOptions) -> TrainingSetup:
         setup.make_optimizer = lambda params: hook.torchdoctor_optimizer(params=params)
         setup.source["optimizer"] = "torchdoctor_optimizer(params)"
     return setup
+
+
+def training_setup(options: CheckOptions, *, batch: Callable[[], Any] | None = None,
+                   batch_source: str = "batch given") -> TrainingSetup:
+    """The reference setup; with ``batch``, the reference data is never loaded (no
+    FashionMNIST read, no synthetic-data notice for a model that does not use it)."""
+    from torchdoctor.reference import reference_loss, reference_optimizer, reference_setup
+
+    if batch is None:
+        return reference_setup(options)
+    return TrainingSetup(make_batch=batch, make_loss=reference_loss,
+                         make_optimizer=reference_optimizer, data=batch_source,
+                         source={"batch": batch_source, "loss": "reference",
+                                 "optimizer": "reference"})
 
 
 def _mode_name(ctx: CheckContext) -> str:
@@ -267,16 +280,11 @@ def diagnose_model(model: Any, *, batch: tuple[Any, Any] | None = None,
                    name: str = "model") -> Report:
     """Run the model-mode checks on copies of ``model`` (it is not modified). ``batch``,
     ``loss_fn`` and ``optimizer_factory`` replace the reference ones."""
-    from torchdoctor.reference import reference_setup
-
     options = options or CheckOptions()
     started = time.perf_counter()
     with preserved_state(options.seed):
         candidate = ModelCandidate.from_instance(name, "the model given", model)
-        setup = reference_setup(options)
-    if batch is not None:
-        setup.make_batch, setup.data = (lambda: batch), "the batch given"
-        setup.source["batch"] = "batch given"
+        setup = training_setup(options, batch=None if batch is None else (lambda: batch))
     if loss_fn is not None:
         setup.make_loss = lambda: loss_fn
         setup.source["loss"] = "loss_fn given"
