@@ -1,0 +1,74 @@
+"""``torchdoctor profile [TARGET]``: profile the reference trainer or a script, print it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torchdoctor.errors import UsageError
+from torchdoctor.profiling.base import check_count, check_format
+from torchdoctor.profiling.reference import profile_reference
+from torchdoctor.profiling.report import ProfileReport
+from torchdoctor.profiling.script import profile_script
+
+
+def run_profile_cli(target: str | None, *, steps: int = 20, data: str | None = None,
+                    device: str = "cpu", seed: int = 0, fmt: str = "table",
+                    trace: str | None = None, quiet: bool = False, timeout: float = 60.0,
+                    limit_batches: int = 10, num_workers: int = 0) -> int:
+    """``torchdoctor profile [TARGET]``: print the profile of the reference trainer
+    (TARGET omitted or ``reference``) or of a training script; return the exit code.
+
+    0: profiled; 1: the script crashed or timed out (the part that ran is shown);
+    2: bad target or options (one line on stderr). ``quiet``: no progress line.
+    """
+    if not quiet and sys.stderr.isatty():
+        what = "the reference trainer" if target in (None, "reference") else target
+        print(f"torchdoctor: profiling {what} ({steps} steps)...", file=sys.stderr, flush=True)
+    try:
+        report = _profile_target(target, steps=steps, data=data, device=device, seed=seed,
+                                 fmt=fmt, trace=trace, timeout=timeout,
+                                 limit_batches=limit_batches, num_workers=num_workers)
+    except UsageError as exc:
+        print(f"torchdoctor profile: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.table(fmt))
+    return 0 if report.finished else 1
+
+
+def _profile_target(target: str | None, *, steps: int, data: str | None, device: str,
+                    seed: int, fmt: str, trace: str | None, timeout: float,
+                    limit_batches: int, num_workers: int) -> ProfileReport:
+    check_format(fmt)
+    if not timeout > 0:
+        raise UsageError(f"timeout must be > 0 seconds, not {timeout!r}")
+    with _quiet_kineto():
+        if target in (None, "reference"):
+            return profile_reference(steps=steps, data_root=data, device=device,
+                                     num_workers=num_workers, trace=trace, seed=seed)
+        from torchdoctor.context import CheckOptions
+
+        check_count("steps", steps, 1)
+        check_count("limit_batches", limit_batches, 1)
+        options = CheckOptions(device=device, seed=seed, limit_batches=limit_batches,
+                               max_steps=steps, timeout=timeout, data_root=data)
+        return profile_script(target, options, trace=trace)
+
+
+@contextmanager
+def _quiet_kineto() -> Iterator[None]:
+    """Silence kineto's start/stop lines and its "gpuGetDeviceCount failed" error on
+    machines without a GPU (its log level is read when the profiler first starts); the
+    variable is put back afterwards."""
+    before = os.environ.get("KINETO_LOG_LEVEL")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # 6: not even its USDT start/stop lines
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("KINETO_LOG_LEVEL", None)
+
+
+__all__ = ["run_profile_cli"]
