@@ -21,8 +21,10 @@ def _library_roots() -> tuple[str, ...]:
     import torch
 
     import torchdoctor
+    import torchdoctor.checks  # lives in checks/ in a source checkout
 
-    roots = [os.path.dirname(m.__file__ or "") for m in (torch, torchdoctor, pluggy)]
+    roots = [os.path.dirname(m.__file__ or "")
+             for m in (torch, torchdoctor, torchdoctor.checks, pluggy)]
     roots.append(sysconfig.get_paths()["stdlib"])
     return tuple(os.path.realpath(r) + os.sep for r in roots if r)
 

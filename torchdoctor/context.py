@@ -8,7 +8,6 @@ Adam 1e-3) unless the user's file defines the hook functions ``torchdoctor_batch
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -51,8 +50,10 @@ class ModelCandidate:
     def from_instance(cls, name: str, origin: str, model: nn.Module) -> ModelCandidate:
         """A candidate whose copies are deep copies of ``model`` as it is now (the
         snapshot is taken here, so later training of the user's object is not seen)."""
-        snapshot = copy.deepcopy(model)
-        return cls(name, origin, lambda: copy.deepcopy(snapshot))
+        from torchdoctor.tensors import deepcopy_module
+
+        snapshot = deepcopy_module(model)
+        return cls(name, origin, lambda: deepcopy_module(snapshot))
 
 
 @dataclass

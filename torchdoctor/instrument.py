@@ -17,7 +17,6 @@ are removed on exit, whatever happened. Observations go into a
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import sys
@@ -43,7 +42,14 @@ from torchdoctor.observations import (
     ScriptRun,
     StepRecord,
 )
-from torchdoctor.tensors import all_finite, first_tensor, iter_tensors, shape_only, summarize
+from torchdoctor.tensors import (
+    all_finite,
+    deepcopy_module,
+    first_tensor,
+    iter_tensors,
+    shape_only,
+    summarize,
+)
 
 #: functional losses observed when called outside a loss module
 FUNCTIONAL_LOSSES = (
@@ -206,7 +212,7 @@ class Instrumentation:
         index = len(self.models)
         self._model_index[id(module)] = index
         self.models.append(module)
-        self.snapshots.append(copy.deepcopy(module))  # as built, before any training
+        self.snapshots.append(deepcopy_module(module))  # as built, before any training
         prefix = f"{type(module).__name__}." if index else ""
         self._param_names.update({id(p): prefix + name for name, p in params})
         self._qualnames.update({id(m): name for name, m in module.named_modules()})

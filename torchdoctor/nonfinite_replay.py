@@ -7,20 +7,20 @@ copy of the model with a :class:`~torchdoctor.hooks.NonFiniteTracer` attached.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from torchdoctor.hooks import NonFiniteHit, NonFiniteTracer
+from torchdoctor.tensors import deepcopy_module
 
 
 def replay_forward(model: nn.Module, args: tuple[Any, ...]) -> NonFiniteHit | None:
     """Run ``model(*args)`` once on a copy (RNG forked, no grad) and return the first
     module whose output was non-finite, or None (also when the replay itself fails:
     a replay is best effort and must not end the diagnosis)."""
-    replica = copy.deepcopy(model)
+    replica = deepcopy_module(model)
     with torch.random.fork_rng(devices=[]), torch.no_grad(), \
             NonFiniteTracer(replica, gradients=False) as tracer:
         try:

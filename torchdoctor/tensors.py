@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -9,6 +10,18 @@ from typing import Any
 import torch
 
 from torchdoctor.observations import TensorSummary
+
+
+def deepcopy_module(module: torch.nn.Module) -> torch.nn.Module:
+    """``copy.deepcopy`` that also works on a model holding non-leaf tensors as plain
+    attributes (an activation cached during a forward): those are copied detached,
+    where plain deepcopy raises "Only Tensors created explicitly by the user ..."."""
+    memo: dict[int, Any] = {}
+    for sub in module.modules():
+        for value in vars(sub).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(module, memo)
 
 
 def to_device(value: Any, device: str | torch.device) -> Any:
