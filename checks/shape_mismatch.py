@@ -1,0 +1,207 @@
+"""shape-mismatch: a layer fed a shape it cannot take, pinned to the module, and the
+silent kind: prediction and target that broadcast against each other in the loss.
+
+Script mode translates the exception that ended the user's script (with the module
+that was running) and reads the recorded loss calls and torch's broadcast warning.
+Model mode runs the reference (or the user's) batch through a copy of each model under a
+:class:`~torchdoctor.hooks.ShapeTracer` (which names the module that raised), then
+computes the loss once on the output.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from torchdoctor.check import Check, SkipCheck
+from torchdoctor.findings import Finding
+
+from ._shape_mismatch_impl import (
+    broadcast_message,
+    explain_shape_error,
+    is_elementwise_loss,
+    silent_broadcast,
+    target_size_shapes,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from torchdoctor.context import CheckContext, ModelCandidate, TrainingSetup
+    from torchdoctor.observations import ModuleCall, ScriptRun
+
+_BATCH_HOOK_HINT = " (if the model takes other inputs, define torchdoctor_batch() in your file)"
+
+
+class ShapeMismatchCheck(Check):
+    """Shape errors translated to the module that raised, and silent loss broadcasts."""
+
+    id = "shape-mismatch"
+    summary = "layers fed the wrong shape; prediction and target broadcasting in the loss"
+
+    def run(self, ctx: CheckContext) -> list[Finding]:
+        """Script-mode crash and loss records, then a traced forward of each model."""
+        if not ctx.modes:
+            raise SkipCheck("no script run and no model to check")
+        findings: list[Finding] = []
+        if ctx.run is not None:
+            findings.extend(self._crash(ctx.run))
+            findings.extend(self._loss_broadcasts(ctx.run))
+        if "model" in ctx.modes:
+            for candidate in ctx.models:
+                findings.extend(self._model(ctx, candidate, findings))
+        return findings
+
+    # -- script mode -------------------------------------------------------------------
+    def _crash(self, run: ScriptRun) -> list[Finding]:
+        error = run.error
+        if error is None:
+            return []
+        call = error.module_stack[-1] if error.module_stack else None
+        module = call.module if call else None
+        explained = explain_shape_error(error.message, module, call.inputs if call else ())
+        if explained is None:
+            return []
+        message, hint = explained
+        if module is not None and error.location is not None:
+            message += f" (raised at {error.location})"
+        location = module.describe() if module is not None else error.location
+        return [self.error(message, location=location, hint=hint, explains_crash=True)]
+
+    def _loss_broadcasts(self, run: ScriptRun) -> list[Finding]:
+        found: list[Finding] = []
+        seen: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
+        for record in run.losses:
+            if record.target is None or not is_elementwise_loss(record.loss):
+                continue
+            pair = (tuple(record.prediction.shape), tuple(record.target.shape))
+            if pair in seen or not silent_broadcast(*pair):
+                continue
+            seen.add(pair)
+            message, hint = broadcast_message(record.loss, *pair)
+            found.append(self.error(message, location=record.location, hint=hint))
+        for warning in run.warnings:
+            shapes = target_size_shapes(warning.message)
+            if shapes is not None and shapes not in seen:
+                seen.add(shapes)
+                message, hint = broadcast_message("the loss", *shapes)
+                found.append(self.error(message, location=warning.location, hint=hint))
+        return found
+
+    # -- model mode --------------------------------------------------------------------
+    def _model(self, ctx: CheckContext, candidate: ModelCandidate,
+               earlier: list[Finding]) -> list[Finding]:
+        import torch
+
+        from torchdoctor.hooks import ShapeTracer
+
+        setup = ctx.training_setup()
+        if not _model_mode_applies(ctx, "batch"):
+            return []
+        model = ctx.fresh_model(candidate)
+        inputs, targets = setup.batch(ctx.options.device)
+        tracer = ShapeTracer(model)
+        with torch.no_grad():
+            try:
+                with tracer:
+                    output = _forward(model, inputs)
+            except Exception as exc:
+                return self._forward_failure(ctx, candidate, exc, tracer.failed_at, earlier)
+            if not _model_mode_applies(ctx, "loss"):
+                return []
+            return self._loss_fit(candidate, setup, output, targets, earlier)
+
+    def _forward_failure(self, ctx: CheckContext, candidate: ModelCandidate,
+                         exc: BaseException, call: ModuleCall | None,
+                         earlier: list[Finding]) -> list[Finding]:
+        module = call.module if call else None
+        explained = explain_shape_error(exc, module, call.inputs if call else ())
+        where = module.describe() if module else candidate.name
+        if explained is None or any(where in f.location for f in earlier):
+            return []
+        message, hint = explained
+        raised_at = _user_line(exc)
+        if raised_at:
+            message += f" (raised at {raised_at})"
+        if not _own(ctx.training_setup(), "batch"):
+            message += " with the reference FashionMNIST batch"
+            hint += _BATCH_HOOK_HINT
+        return [self.error(message, location=f"{candidate.name}: {where}", hint=hint)]
+
+    def _loss_fit(self, candidate: ModelCandidate, setup: TrainingSetup, output: Any,
+                  targets: Any, earlier: list[Finding]) -> list[Finding]:
+        import torch
+
+        if not isinstance(output, torch.Tensor) or not isinstance(targets, torch.Tensor):
+            return []
+        loss_fn = setup.make_loss()
+        name = _callable_name(loss_fn)
+        pair = (tuple(output.shape), tuple(targets.shape))
+        location = f"{candidate.name}: output {pair[0]} -> {name}"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                loss_fn(output, targets)
+            except Exception as exc:
+                explained = _loss_failure(exc, output, targets)
+                return [self.error(explained[0], location=location, hint=explained[1])
+                        ] if explained else []
+        warned = any(target_size_shapes(str(w.message)) for w in caught)
+        if not (warned or (is_elementwise_loss(name) and silent_broadcast(*pair))):
+            return []
+        message, hint = broadcast_message(name, *pair)
+        shapes = f"prediction {pair[0]} with target {pair[1]}"
+        if any(shapes in f.message for f in earlier):
+            return []
+        return [self.error(message, location=location, hint=hint)]
+
+
+def _own(setup: TrainingSetup, what: str) -> bool:
+    """Whether the user gave the setup's ``batch``/``loss`` (a hook, an argument)."""
+    return setup.source.get(what, "reference") != "reference"
+
+
+def _model_mode_applies(ctx: CheckContext, what: str) -> bool:
+    """Model mode uses the reference batch and loss unless the user gives their own. When
+    the script ran the model (``batch``) or the loss (``loss``) on its own data, that is
+    the better evidence, and a reference batch the model was never meant for proves
+    nothing."""
+    setup = ctx.training_setup()
+    if _own(setup, "batch") or _own(setup, what):
+        return True
+    if ctx.run is None:
+        return True
+    return not (ctx.run.forwards if what == "batch" else ctx.run.losses)
+
+
+def _loss_failure(exc: BaseException, output: Any, targets: Any) -> tuple[str, str] | None:
+    """A loss call that raised: a shape error, or more classes in the targets than the
+    model outputs (torch's "Target 9 is out of bounds")."""
+    if "out of bounds" in str(exc) and output.dim() >= 2 and not targets.is_floating_point():
+        classes, top = int(output.shape[1]), int(targets.max())
+        return (f"the model outputs {classes} class scores per sample {tuple(output.shape)} "
+                f"but the targets go up to class {top}",
+                f"make the last layer output {top + 1} classes (out_features={top + 1})")
+    return explain_shape_error(exc, None, ())
+
+
+def _callable_name(loss_fn: Any) -> str:
+    """``MSELoss`` for a loss module, ``mse_loss`` for a function, else "the loss"."""
+    if hasattr(type(loss_fn), "forward"):
+        return type(loss_fn).__name__
+    name = getattr(loss_fn, "__name__", "")
+    return name if name and name != "<lambda>" else "the loss"
+
+
+def _forward(model: nn.Module, inputs: Any) -> Any:
+    from torchdoctor.reference import forward
+
+    return forward(model, inputs)
+
+
+def _user_line(exc: BaseException) -> str:
+    """The innermost line of the user's code in the traceback, or ""."""
+    from ._device_mismatch_impl import user_location_of_traceback
+
+    found = user_location_of_traceback(exc.__traceback__)
+    return str(found) if found else ""
