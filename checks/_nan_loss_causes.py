@@ -1,0 +1,196 @@
+"""Why a loss, gradient or parameter went NaN/inf: a small table-driven classifier.
+
+Both modes of the ``nan-loss`` check reduce what they saw to one :class:`Evidence`;
+:func:`classify` walks :data:`CAUSES` in order and returns the first cause whose rule
+holds. The order encodes how certain each rule is:
+
+=================  ===================================================  ==================
+cause              rule (on the evidence)                               fix
+=================  ===================================================  ==================
+``data``           the input batch already held NaN/inf                 clean the dataset
+``overflow``       the values are float16 (max 65504)                   autocast+GradScaler
+``divergence``     after >= 1 step: the loss rose over the last steps,  lower lr, clip
+                   the lr is large for the optimizer, or an optimizer   gradients
+                   step turned finite gradients into non-finite weights
+``log-or-div``     the very first forward, or a finite model output     log_softmax,
+                   with a non-finite loss, or anomaly mode blamed       BCEWithLogitsLoss,
+                   log/div/sqrt/pow                                     epsilon, clamp
+``unknown``        none of the above                                    all of the above
+=================  ===================================================  ==================
+
+No torch import: the evidence is plain data.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torchdoctor.observations import ModuleInfo
+
+#: Learning rates at or above which a step counts as "large", by optimizer type.
+#: Adaptive optimizers normalise the gradient, so their lr is the step size itself.
+LARGE_LR = {"Adam": 0.1, "AdamW": 0.1, "Adamax": 0.1, "NAdam": 0.1, "RAdam": 0.1,
+            "RMSprop": 0.1, "Adagrad": 1.0}
+DEFAULT_LARGE_LR = 1.0
+#: the largest finite float16 value
+HALF_MAX = 65504.0
+#: backward functions of ops that are non-finite at 0 (log(0), x/0, sqrt'(0), 0**-1)
+_SINGULAR_BACKWARD = re.compile(r"\b(Log|Log2|Log10|Div|Sqrt|Rsqrt|Reciprocal|Pow)Backward")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What is known about the first non-finite value of a run.
+
+    ``steps_before``: optimizer steps applied before it; ``kind``: ``loss``,
+    ``gradient``, ``parameter``, ``activation`` or ``input``; ``where``: the first
+    module or parameter that held it; ``loss_history``: the finite losses before it,
+    oldest first; ``output_finite``: whether the model's output was finite (None when
+    unknown); ``detail``: e.g. anomaly mode's "Function 'LogBackward0' returned nan".
+    """
+
+    steps_before: int
+    kind: str
+    where: str = ""
+    loss_history: tuple[float, ...] = ()
+    lr: float | None = None
+    optimizer_type: str = ""
+    inputs_finite: bool = True
+    output_finite: bool | None = None
+    dtype: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One row of the table: a name, a title, the rule, why it matched, the fix."""
+
+    name: str
+    title: str
+    applies: Callable[[Evidence], bool]
+    because: Callable[[Evidence], str]
+    hint: str
+
+
+def loss_rose(history: tuple[float, ...]) -> bool:
+    """Whether the loss was rising before it went non-finite: one of the last three
+    losses is over twice the smallest loss seen."""
+    finite = [v for v in history if math.isfinite(v)]
+    return len(finite) >= 2 and max(finite[-3:]) > 2 * min(finite)
+
+
+def large_lr(lr: float | None, optimizer_type: str) -> bool:
+    """Whether ``lr`` is large for this optimizer type (see :data:`LARGE_LR`)."""
+    return lr is not None and lr >= LARGE_LR.get(optimizer_type, DEFAULT_LARGE_LR)
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _lr_text(ev: Evidence) -> str:
+    if ev.lr is None:
+        return ""
+    name = ev.optimizer_type or "the optimizer"
+    large = f", large for {name}" if large_lr(ev.lr, ev.optimizer_type) else ""
+    return f"lr={ev.lr:g}{large}"
+
+
+def _diverges(ev: Evidence) -> bool:
+    if ev.steps_before < 1:
+        return False
+    return (ev.kind == "parameter" or loss_rose(ev.loss_history)
+            or large_lr(ev.lr, ev.optimizer_type))
+
+
+def _diverges_because(ev: Evidence) -> str:
+    reasons = []
+    if loss_rose(ev.loss_history):
+        finite = [v for v in ev.loss_history if math.isfinite(v)]
+        reasons.append(f"the loss rose from {_number(finite[0])} to "
+                       f"{_number(max(finite[-3:]))} over the steps before")
+    if ev.kind == "parameter":
+        reasons.append("the optimizer step itself turned finite gradients into "
+                       "non-finite weights")
+    if ev.lr is not None:
+        plural = "s" if ev.steps_before != 1 else ""
+        reasons.append(f"after {ev.steps_before} step{plural} at {_lr_text(ev)}")
+    return "; ".join(reasons)
+
+
+def _singular(ev: Evidence) -> bool:
+    first_forward = ev.steps_before == 0 and ev.kind in ("loss", "activation", "gradient")
+    loss_only = ev.kind == "loss" and ev.output_finite is True
+    return first_forward or loss_only or bool(_SINGULAR_BACKWARD.search(ev.detail))
+
+
+def _singular_because(ev: Evidence) -> str:
+    reasons = []
+    if ev.kind == "loss" and ev.output_finite is True:
+        reasons.append("the model output was finite but the loss computed from it was not")
+    elif ev.steps_before == 0:
+        reasons.append("it appeared at the very first step, before any optimizer step, "
+                       "from finite inputs")
+    if _SINGULAR_BACKWARD.search(ev.detail):
+        reasons.append(f"anomaly mode: {ev.detail.rstrip('.')}")
+    return "; ".join(reasons)
+
+
+def _half(ev: Evidence) -> bool:
+    return "float16" in ev.dtype or ev.dtype.endswith(".half")
+
+
+CAUSES: tuple[Cause, ...] = (
+    Cause("data", "bad input data",
+          lambda ev: not ev.inputs_finite,
+          lambda ev: "the input batch already held NaN/inf before the model ran",
+          "Find the bad samples in the dataset or transforms (e.g. "
+          "`torchdoctor.validators.check_batch(batch)` raises on a non-finite batch) "
+          "and drop or fix them; normalise with a non-zero std."),
+    Cause("overflow", "float16 overflow",
+          _half,
+          lambda ev: f"the values are {ev.dtype.replace('torch.', '')}, whose largest "
+                     f"finite value is {HALF_MAX:.0f}",
+          "Train in mixed precision instead of pure float16: keep float32 weights, run "
+          "the forward under `torch.autocast(device_type, dtype=torch.float16)` with "
+          "`torch.amp.GradScaler()`, or use bfloat16."),
+    Cause("divergence", "learning rate too high (divergence)",
+          _diverges, _diverges_because,
+          "Lower the learning rate (e.g. 10x) and clip gradients between backward() and "
+          "step(): `torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)`."),
+    Cause("log-or-div", "log of zero / division by zero",
+          _singular, _singular_because,
+          "Use numerically stable forms: `F.log_softmax(x, dim=1)` (or "
+          "nn.CrossEntropyLoss on raw logits) instead of `torch.log(softmax(x))`, "
+          "nn.BCEWithLogitsLoss instead of sigmoid + BCELoss; add an epsilon to "
+          "denominators (`x / (d + 1e-8)`) and clamp before log/sqrt "
+          "(`torch.log(p.clamp_min(1e-8))`)."),
+)
+
+UNKNOWN = Cause(
+    "unknown", "unclear cause", lambda ev: True,
+    lambda ev: "no rule matched the evidence",
+    "Check the inputs (`torchdoctor.validators.check_batch`), replace log(softmax)/"
+    "sigmoid+BCE by log_softmax/BCEWithLogitsLoss, add epsilons to divisions, lower the "
+    "learning rate and clip gradients (`torch.nn.utils.clip_grad_norm_`).",
+)
+
+
+def describe_module(info: ModuleInfo, *, made_here: bool) -> str:
+    """The module where the first non-finite output appeared. For the root model with
+    finite inputs, point at its own forward code: its submodules' outputs were finite,
+    so an operation written in forward() (torch.log, a division...) made the NaN/inf."""
+    if info.qualname or not made_here:
+        return info.describe()
+    return f"{info.type_name}.forward itself (an operation in forward(), not a submodule)"
+
+
+def classify(ev: Evidence) -> tuple[Cause, str]:
+    """The likely cause of ``ev`` and the reason (a phrase quoting the evidence)."""
+    cause = next((c for c in CAUSES if c.applies(ev)), UNKNOWN)
+    return cause, cause.because(ev)

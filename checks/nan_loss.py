@@ -1,0 +1,183 @@
+"""``nan-loss``: the loss, gradients or weights became NaN/inf.
+
+Script mode reads the first :class:`~torchdoctor.observations.NonFiniteRecord` of the
+run (the instrument already localised it by replaying the bad step with per-module
+hooks) and the forward/loss/step records around it. Model mode trains a copy on one
+batch for up to 30 steps and, at the first non-finite value, replays that step with
+hooks (see ``_nan_loss_replay``); it runs only when script mode found nothing, so one
+NaN is not reported twice. Both reduce what they saw to an ``Evidence`` that the
+table in ``_nan_loss_causes`` turns into a likely cause and its fix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from torchdoctor.check import Check, SkipCheck
+from torchdoctor.findings import Finding
+
+if TYPE_CHECKING:
+    from torchdoctor.context import CheckContext, ModelCandidate
+    from torchdoctor.observations import (
+        ForwardRecord,
+        LossRecord,
+        NonFiniteRecord,
+        ScriptRun,
+        StepRecord,
+    )
+
+    from ._nan_loss_causes import Evidence
+
+#: how each kind of first non-finite value is announced
+_WHAT = {
+    "loss": "the loss became NaN/inf",
+    "activation": "a forward pass produced NaN/inf (and so did the loss)",
+    "gradient": "gradients became NaN/inf",
+    "parameter": "the weights became NaN/inf",
+    "input": "the input batch holds NaN/inf",
+}
+#: how the place of the first non-finite value is introduced, by kind
+_WHERE = {
+    "loss": "produced by",
+    "activation": "first module with a non-finite output:",
+    "gradient": "first non-finite gradient:",
+    "parameter": "first non-finite parameter:",
+    "input": "in",
+}
+
+
+class NanLossCheck(Check):
+    """Finds where and why the loss, gradients or weights went NaN/inf."""
+
+    id = "nan-loss"
+    summary = "loss, gradients or weights become NaN/inf: where it starts and why"
+
+    def run(self, ctx: CheckContext) -> list[Finding]:
+        """Script mode first; model mode only when the script showed no NaN/inf."""
+        if ctx.run is None and "model" not in ctx.modes:
+            raise SkipCheck("no script run and no model to train")
+        findings = self._script(ctx.run) if ctx.run is not None else []
+        if findings or "model" not in ctx.modes:
+            return findings
+        findings, failures = self._models(ctx)
+        if ctx.run is None and len(failures) == len(ctx.models):
+            raise SkipCheck("could not train a copy: " + "; ".join(failures))
+        return findings
+
+    # -- script mode --------------------------------------------------------------
+    def _script(self, run: ScriptRun) -> list[Finding]:
+        if not run.nonfinite:
+            return []
+        record = run.nonfinite[0]
+        evidence = _script_evidence(run, record)
+        location = record.location or evidence.where
+        return [self._finding(evidence, location)]
+
+    # -- model mode ---------------------------------------------------------------
+    def _models(self, ctx: CheckContext) -> tuple[list[Finding], list[str]]:
+        """Findings of the candidates trained, and why the others could not be."""
+        findings: list[Finding] = []
+        failures: list[str] = []
+        for candidate in ctx.models:
+            try:
+                evidence = _probe(ctx, candidate)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                # a model the setup cannot train is another check's finding
+                failures.append(f"{candidate.name}: {type(exc).__name__}: {exc}")
+                continue
+            if evidence is not None:
+                location = f"{candidate.name}: {evidence.where or candidate.origin}"
+                findings.append(self._finding(evidence, location, f"{candidate.name}: "))
+        return findings, failures
+
+    def _finding(self, evidence: Evidence, location: object, prefix: str = "") -> Finding:
+        from ._nan_loss_causes import classify
+
+        cause, because = classify(evidence)
+        what = _WHAT.get(evidence.kind, "a NaN/inf appeared")
+        where = f"; {_WHERE.get(evidence.kind, 'in')} {evidence.where}" if evidence.where else ""
+        message = (f"{prefix}{what} {_when(evidence.steps_before)}{where}. "
+                   f"Likely cause: {cause.title}: {because}.")
+        return self.error(message, location=location, hint=cause.hint)
+
+
+def _when(steps: int) -> str:
+    if steps == 0:
+        return "at the very first step (before any optimizer step)"
+    return f"after {steps} optimizer step{'s' if steps != 1 else ''}"
+
+
+def _probe(ctx: CheckContext, candidate: ModelCandidate) -> Evidence | None:
+    from ._nan_loss_replay import probe
+
+    return probe(ctx.fresh_model(candidate), ctx.training_setup(), ctx.options.device)
+
+
+def _script_evidence(run: ScriptRun, record: NonFiniteRecord) -> Evidence:
+    """The evidence about ``record``, completed from the records of the same step."""
+    from ._nan_loss_causes import Evidence
+
+    forward = _forward_at(run, record.step_count)
+    loss = _loss_at(run, record.step_count)
+    step = _last_step_before(run, record.step_count)
+    history = [v for v in record.loss_history if math.isfinite(v)]
+    inputs_finite = forward is None or all(s.finite for s in forward.inputs)
+    return Evidence(
+        steps_before=record.step_count,
+        kind=record.kind,
+        where=_script_where(record, loss, inputs_finite),
+        loss_history=tuple(history),
+        lr=record.lr if record.lr is not None else (step.lr if step else None),
+        optimizer_type=step.optimizer_type if step else "",
+        inputs_finite=inputs_finite,
+        output_finite=_output_finite(forward, loss),
+        dtype=_dtype(forward, loss),
+        detail=record.detail,
+    )
+
+
+def _forward_at(run: ScriptRun, step_count: int) -> ForwardRecord | None:
+    """The forward of that step: the first with a non-finite output, else the first
+    training one."""
+    here = [f for f in run.forwards if f.step_count == step_count]
+    bad = [f for f in here if f.output is not None and not f.output.finite]
+    training = [f for f in here if f.training and f.grad_enabled]
+    chosen = bad or training or here
+    return chosen[0] if chosen else None
+
+
+def _loss_at(run: ScriptRun, step_count: int) -> LossRecord | None:
+    """The loss of that step: the first non-finite one, else the first."""
+    here = [x for x in run.losses if x.step_count == step_count]
+    bad = [x for x in here if x.value is not None and not math.isfinite(x.value)]
+    chosen = bad or here
+    return chosen[0] if chosen else None
+
+
+def _last_step_before(run: ScriptRun, step_count: int) -> StepRecord | None:
+    applied = run.applied_steps[:max(step_count, 1)]
+    return applied[-1] if applied else None
+
+
+def _script_where(record: NonFiniteRecord, loss: LossRecord | None,
+                  inputs_finite: bool) -> str:
+    from ._nan_loss_causes import describe_module
+
+    if record.module is not None:
+        return describe_module(record.module, made_here=inputs_finite)
+    if record.kind == "loss":
+        return f"the loss function ({loss.loss})" if loss else "the loss computation"
+    return record.where
+
+
+def _output_finite(forward: ForwardRecord | None, loss: LossRecord | None) -> bool | None:
+    if forward is not None and forward.output is not None:
+        return forward.output.finite
+    return loss.prediction.finite if loss is not None else None
+
+
+def _dtype(forward: ForwardRecord | None, loss: LossRecord | None) -> str:
+    if forward is not None and forward.output is not None:
+        return forward.output.dtype
+    return loss.prediction.dtype if loss is not None else ""
