@@ -121,15 +121,21 @@ class Diagnosis:
             self._results[check_id] = run_one_check(cls(), self.context())
         return self._results[check_id]
 
+    def run_findings(self) -> list[Finding]:
+        """Findings about the run itself (check id ``target``), judged from the checks
+        run so far: a crash is 'unexplained' unless a check that ran explained it."""
+        ctx = self.context()
+        findings = [f for r in self._results.values() for f in r.findings]
+        return self._run_findings + _run_findings(ctx.run, findings)
+
     def report(self) -> Report:
         """Run every selected check not run yet and return the report."""
         ctx = self.context()
         results = [self.run_check(check_id) for check_id in self.check_ids]
-        findings = [f for r in results for f in r.findings]
         return Report(
             target=self.target, mode=_mode_name(ctx), data=_data_name(ctx),
             device=self.options.device, seconds=time.perf_counter() - self._started,
-            checks=results, run_findings=self._run_findings + _run_findings(ctx.run, findings),
+            checks=results, run_findings=self.run_findings(),
             notes=self.notes + (ctx.run.notes if ctx.run else []))
 
     def _prepare(self) -> CheckContext:
