@@ -1,0 +1,208 @@
+"""loss-function: inputs that do not suit the loss.
+
+Softmax (or log_softmax) output fed to CrossEntropyLoss, sigmoid output fed to
+BCEWithLogitsLoss, raw scores fed to NLLLoss, targets of the wrong dtype or range.
+The rules are :func:`torchdoctor.validators.loss_input_problems`'s.
+
+Script mode judges every loss call the instrument recorded (summaries of prediction and
+target), and recognises the exception torch raises for such inputs when it ended the
+script. Model mode looks at a copy's output on a batch. With the reference loss
+(assumed, not the user's own) only softmax outputs are judged: log-softmax outputs are
+right for NLLLoss. "Sigmoid output" is read from a value range that raw logits of a
+one-output model also show at init, so it is confirmed by the model's last operation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from torchdoctor.check import Check, SkipCheck
+from torchdoctor.findings import Finding, Severity
+from torchdoctor.observations import TensorSummary
+
+from ._loss_function_impl import NEEDS_STRUCTURE, FinalActivation, LossProblem
+
+if TYPE_CHECKING:
+    from torchdoctor.context import CheckContext, ModelCandidate
+    from torchdoctor.observations import LossRecord, ScriptRun
+
+
+class LossFunctionCheck(Check):
+    """Loss inputs that make training slow or wrong, or crash it."""
+
+    id = "loss-function"
+    summary = "softmax before CrossEntropyLoss, sigmoid before BCEWithLogitsLoss, bad targets"
+
+    def run(self, ctx: CheckContext) -> list[Finding]:
+        """Script-mode loss records and crash, then model mode on copies."""
+        if not ctx.modes:
+            raise SkipCheck("no script run and no model to examine")
+        findings: list[Finding] = []
+        kinds: set[str] = set()
+        if ctx.run is not None:
+            findings += self._crash_findings(ctx.run, kinds)
+            findings += self._record_findings(ctx, ctx.run, kinds)
+        if "model" in ctx.modes and not _script_knows_loss(ctx):
+            for candidate in ctx.models:
+                findings += self._model_findings(ctx, candidate, kinds)
+        return findings
+
+    def _crash_findings(self, run: ScriptRun, kinds: set[str]) -> list[Finding]:
+        from ._loss_function_impl import crash_problem
+
+        crash = crash_problem(run.error) if run.error is not None else None
+        if crash is None or run.error is None:
+            return []
+        kinds.add(crash.kind)
+        first_line = run.error.message.splitlines()[0] if run.error.message else ""
+        return [self.error(f"{crash.message}: the script raised {run.error.type_name}: "
+                           f"{first_line}", location=run.error.location or run.path,
+                           hint=crash.hint, explains_crash=True)]
+
+    def _record_findings(self, ctx: CheckContext, run: ScriptRun,
+                         kinds: set[str]) -> list[Finding]:
+        findings = []
+        examined = sum(1 for r in run.losses if r.prediction.min is not None)
+        for problem, records in _grouped_problems(run.losses).items():
+            if problem.kind in kinds:
+                continue
+            kinds.add(problem.kind)
+            context = f"seen in {len(records)} of {examined} loss calls examined"
+            kept = _confirm(problem, _script_final_activation(ctx)) \
+                if problem.kind == NEEDS_STRUCTURE else problem
+            if kept is not None:
+                findings.append(self._finding(kept, context, records[0].location))
+        return findings
+
+    def _model_findings(self, ctx: CheckContext, candidate: ModelCandidate,
+                        kinds: set[str]) -> list[Finding]:
+        seen = _model_output(ctx, candidate)
+        if seen is None:
+            return []
+        findings = []
+        for found in _model_problems(ctx, seen):
+            problem = _confirm(found, (True, seen.final)) \
+                if found.kind == NEEDS_STRUCTURE else found
+            if problem is None or problem.kind in kinds:
+                continue
+            kinds.add(problem.kind)
+            findings.append(self._finding(problem, f"{candidate.name}'s output on a batch",
+                                          seen.location))
+        return findings
+
+    def _finding(self, problem: LossProblem, context: str, location: object) -> Finding:
+        message = f"{problem.message} ({context})"
+        if problem.severity is Severity.ERROR:
+            return self.error(message, location=location, hint=problem.hint)
+        if problem.severity is Severity.WARNING:
+            return self.warning(message, location=location, hint=problem.hint)
+        return self.info(message, location=location, hint=problem.hint)
+
+
+def _script_knows_loss(ctx: CheckContext) -> bool:
+    """With the reference loss, a script that ran its own loss already told us."""
+    assumed = ctx.setup is None or ctx.setup.source.get("loss", "reference") == "reference"
+    return assumed and ctx.run is not None and bool(ctx.run.losses)
+
+
+def _grouped_problems(losses: list[LossRecord]) -> dict[LossProblem, list[LossRecord]]:
+    """Each distinct problem (by kind) with the loss calls that show it, first seen first."""
+    from ._loss_function_impl import loss_problems
+
+    grouped: dict[LossProblem, list[LossRecord]] = {}
+    for record in losses:
+        for problem in loss_problems(record.loss, record.prediction, record.target,
+                                     record.options):
+            same = next((p for p in grouped if p.kind == problem.kind), problem)
+            grouped.setdefault(same, []).append(record)
+    return grouped
+
+
+def _confirm(problem: LossProblem,
+             known: tuple[bool, FinalActivation | None]) -> LossProblem | None:
+    """A sigmoid-output problem stands when the model's last operation is a sigmoid,
+    goes when it is something else, and is only a warning when that is unknown."""
+    structure_known, final = known
+    if final is not None and final.name.lower() == "sigmoid":
+        return problem
+    if structure_known:
+        return None
+    return LossProblem(problem.kind, Severity.WARNING,
+                       problem.message + " (if the model ends in a sigmoid)", problem.hint)
+
+
+def _script_final_activation(ctx: CheckContext) -> tuple[bool, FinalActivation | None]:
+    """(whether known, the activation) that ends the script's first model, found by
+    running a copy on random inputs shaped like the ones the script gave it."""
+    from ._loss_function_impl import final_activation
+
+    run = ctx.run
+    if run is None or not ctx.models or not run.forwards or not run.forwards[0].inputs:
+        return False, None
+    candidate = ctx.models[0]
+    try:
+        inputs = _inputs_like(run.forwards[0].inputs, ctx.options.device)
+        model = ctx.fresh_model(candidate).eval()
+        return True, final_activation(model, inputs, candidate.name)
+    except Exception:
+        return False, None
+
+
+def _inputs_like(summaries: tuple[TensorSummary, ...], device: str) -> object:
+    import torch
+
+    tensors = [torch.rand(s.shape, device=device) if s.is_floating else
+               torch.zeros(s.shape, dtype=getattr(torch, s.dtype.replace("torch.", "")),
+                           device=device) for s in summaries]
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+class _ModelOutput(NamedTuple):
+    loss: str
+    prediction: TensorSummary
+    target: TensorSummary | None
+    location: str
+    final: FinalActivation | None
+
+
+def _model_output(ctx: CheckContext, candidate: ModelCandidate) -> _ModelOutput | None:
+    """What a copy gives on the setup's batch (and which loss it goes to), or None when
+    the model does not run on it or returns no float tensor."""
+    import torch
+
+    from torchdoctor.reference import forward
+    from torchdoctor.tensors import summarize
+    from torchdoctor.validators import loss_name_of
+
+    from ._loss_function_impl import final_activation
+
+    setup = ctx.training_setup()
+    model = ctx.fresh_model(candidate).eval()
+    inputs, targets = setup.batch(ctx.options.device)
+    try:
+        with torch.no_grad():
+            output = forward(model, inputs)
+        last = final_activation(model, inputs, candidate.name)
+    except Exception:
+        return None  # the batch does not fit: shape-mismatch says why
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+        return None
+    target = summarize(targets) if isinstance(targets, torch.Tensor) else None
+    where = last.location if last is not None else f"{candidate.name}: output"
+    return _ModelOutput(loss_name_of(setup.make_loss()), summarize(output), target, where,
+                        last)
+
+
+def _model_problems(ctx: CheckContext, seen: _ModelOutput) -> list[LossProblem]:
+    """The loss-input problems of a model's output. With the reference loss (assumed:
+    the user may really train with NLLLoss, MSELoss...) only probabilities are judged,
+    as no classification loss wants softmax output, and the message says so."""
+    from ._loss_function_impl import loss_problems
+
+    if ctx.training_setup().source.get("loss", "reference") != "reference":
+        return loss_problems(seen.loss, seen.prediction, seen.target)
+    if not seen.prediction.rows_sum_to_one:
+        return []
+    return [LossProblem(p.kind, p.severity, p.message + " (assuming the reference "
+                        "CrossEntropyLoss; define torchdoctor_loss() to name yours)", p.hint)
+            for p in loss_problems("CrossEntropyLoss", seen.prediction, None)]

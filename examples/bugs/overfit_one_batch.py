@@ -1,0 +1,60 @@
+"""Bug: the forward detaches the hidden layer (`x = self.hidden(x).detach()`).
+
+No gradient reaches `hidden`, so only the output layer learns, on random features: the
+model cannot even fit one batch. `torchdoctor check examples/bugs/overfit_one_batch.py`
+reports it (check overfit-one-batch); the fix is in overfit_one_batch_fixed.py.
+"""
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from torchdoctor.data import load_fashion_mnist
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.hidden = nn.Linear(28 * 28, 128)
+        self.out = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.hidden(self.flatten(x))).detach()  # BUG: cuts the graph
+        return self.out(x)
+
+
+def train_epoch(model, loader, loss_fn, optimizer):
+    model.train()
+    for images, labels in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+
+def test(model, loader):
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for images, labels in loader:
+            correct += (model(images).argmax(dim=1) == labels).sum().item()
+    return correct / len(loader.dataset)
+
+
+def main():
+    torch.manual_seed(0)
+    train_set = Subset(load_fashion_mnist(train=True, download=False), range(1024))
+    test_set = Subset(load_fashion_mnist(train=False, download=False), range(256))
+    train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=64)
+    model = Net()
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for epoch in range(2):
+        train_epoch(model, train_loader, loss_fn, optimizer)
+        print(f"epoch {epoch}: test accuracy {test(model, test_loader):.3f}")
+
+
+if __name__ == "__main__":
+    main()
