@@ -296,7 +296,7 @@ class Instrumentation:
             index=len(self.run.losses), loss=name, prediction=describe(prediction),
             target=describe(target) if isinstance(target, torch.Tensor) else None,
             value=value, step_count=self._applied_steps(), location=user_callsite(),
-            options=options))
+            options=options, loader_pass=self._pass_index))
 
     @staticmethod
     def _loss_options(module: nn.Module) -> dict[str, str]:

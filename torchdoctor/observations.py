@@ -123,6 +123,8 @@ class LossRecord:
     location: CodeLocation | None
     #: keyword settings that matter to the checks (reduction, ignore_index...)
     options: dict[str, str] = field(default_factory=dict)
+    #: index of the DataLoader pass this loss was computed in (-1: outside any)
+    loader_pass: int = -1
 
 
 @dataclass
