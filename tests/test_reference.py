@@ -26,11 +26,11 @@ from torchdoctor.reference import (
     reference_loss,
     reference_optimizer,
     reference_setup,
-    run_reference_cli,
     save_checkpoint,
     train_epoch,
     train_steps,
 )
+from torchdoctor.reference_cli import run_reference_cli
 
 
 @pytest.fixture(autouse=True)

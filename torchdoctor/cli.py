@@ -247,7 +247,7 @@ def _checked_device(device: str) -> str:
 
 def cmd_reference(args: argparse.Namespace) -> int:
     """``torchdoctor reference``: train the bundled FashionMNIST reference."""
-    from torchdoctor.reference import run_reference_cli
+    from torchdoctor.reference_cli import run_reference_cli
 
     return run_reference_cli(epochs=args.epochs, data=args.data, batch_size=args.batch_size,
                              lr=args.lr, seed=args.seed, device=args.device, quiet=args.quiet,
