@@ -9,6 +9,8 @@ pass in the process, and enforces the fast-dev-run budget:
   many skipped steps again the run is stopped (so a 10-epoch script shows both its
   training and its evaluation phases within seconds, and an endless loop ends).
 
+The budget itself lives in :mod:`torchdoctor.budget`.
+
 It uses torch's global module and optimizer hooks and patches a few class attributes
 (DataLoader.__iter__, Tensor.backward, the zero_grad methods, functional losses); all
 are removed on exit, whatever happened. Observations go into a
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchdoctor.budget import LimitedIterator, PhaseTimer, StepBudget
 from torchdoctor.callsite import user_callsite
 from torchdoctor.context import CheckOptions
 from torchdoctor.gradcarry import GradCarryDetector
@@ -82,21 +85,6 @@ def _bookkeeping(method: _F) -> _F:
     return labelled  # type: ignore[return-value]
 
 
-class StopRun(BaseException):
-    """Raised inside the user's script to end it at the step budget. A BaseException so
-    that the user's ``except Exception`` does not swallow it."""
-
-
-class _Timer:
-    """Accumulates wall seconds per phase."""
-
-    def __init__(self, phases: dict[str, float]) -> None:
-        self.phases = phases
-
-    def add(self, phase: str, since: float) -> None:
-        self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - since
-
-
 class Instrumentation:
     """Observe one script run; see the module docstring."""
 
@@ -106,7 +94,8 @@ class Instrumentation:
         self.models: list[nn.Module] = []
         self.snapshots: list[nn.Module] = []
         self.detector = GradCarryDetector(sync=True, name_of=self._param_name)
-        self.timer = _Timer(run.phase_seconds)
+        self.timer = PhaseTimer(run.phase_seconds)
+        self.budget = StepBudget(options.max_steps, self._record_skipped_step)
         self._model_index: dict[int, int] = {}
         self._param_names: dict[int, str] = {}
         self._qualnames: dict[int, str] = {}
@@ -115,7 +104,6 @@ class Instrumentation:
         self._last_inputs: dict[int, tuple[Any, ...]] = {}
         self._open_forwards: dict[int, ForwardRecord] = {}
         self._optimizers: dict[int, int] = {}
-        self._skipped_optimizers: list[tuple[torch.optim.Optimizer, bool, Any]] = []
         self._handles: list[Any] = []
         self._patches: list[tuple[Any, str, Any]] = []
         self._pass_index = -1
@@ -149,12 +137,7 @@ class Instrumentation:
         for owner, name, original in reversed(self._patches):
             setattr(owner, name, original)
         self._patches.clear()
-        for optimizer, had_attr, previous in self._skipped_optimizers:
-            if had_attr:
-                optimizer.step = previous  # type: ignore[method-assign]
-            else:
-                del optimizer.step
-        self._skipped_optimizers.clear()
+        self.budget.restore()
         self.detector.close()
         self.run.carried_grads = list(self.detector.records)
         self._last_inputs.clear()
@@ -373,7 +356,7 @@ class Instrumentation:
 
     # -- optimizer ---------------------------------------------------------------
     def _applied_steps(self) -> int:
-        return sum(1 for s in self.run.steps if not s.skipped)
+        return self.budget.applied
 
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._optimizers.setdefault(id(optimizer), len(self._optimizers))
@@ -393,8 +376,7 @@ class Instrumentation:
         self.detector.note_step(optimizer, location)
         if bad and not any(r.kind == "parameter" for r in self.run.nonfinite):
             self._localize("parameter", bad[0], lr)
-        if self._applied_steps() >= self.options.max_steps:
-            self._skip_further_steps(optimizer)
+        self.budget.after_step(optimizer)
 
     def _nonfinite_params(self, optimizer: torch.optim.Optimizer) -> list[str]:
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -402,24 +384,10 @@ class Instrumentation:
             return []
         return [self._param_name(p) for p in params if not bool(torch.isfinite(p.detach()).all())]
 
-    def _skip_further_steps(self, optimizer: torch.optim.Optimizer) -> None:
-        """Replace this optimizer's step by a recorder (restored on exit)."""
-        if any(o is optimizer for o, _, _ in self._skipped_optimizers):
-            return
-        had_attr = "step" in vars(optimizer)
-        self._skipped_optimizers.append((optimizer, had_attr, vars(optimizer).get("step")))
-        index = self._optimizers[id(optimizer)]
-        name = type(optimizer).__name__
-
-        def skipped_step(*args: Any, **kwargs: Any) -> None:
-            self.run.steps.append(StepRecord(index=len(self.run.steps), optimizer=index,
-                                             optimizer_type=name, location=user_callsite(),
-                                             skipped=True))
-            if len(self.run.steps) - self._applied_steps() >= self.options.max_steps:
-                raise StopRun
-            return None
-
-        optimizer.step = skipped_step  # type: ignore[method-assign,assignment]
+    def _record_skipped_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.run.steps.append(StepRecord(
+            index=len(self.run.steps), optimizer=self._optimizers[id(optimizer)],
+            optimizer_type=type(optimizer).__name__, location=user_callsite(), skipped=True))
 
     def _wrap_zero_grad(self, original: Callable[..., Any]) -> Callable[..., Any]:
         detector = self.detector
@@ -441,10 +409,15 @@ class Instrumentation:
             instrumentation.run.loader_passes += 1
             instrumentation._pass_index += 1
             instrumentation._note_synthetic(loader)
-            return _LimitedIterator(original(loader), instrumentation)
+            return LimitedIterator(original(loader), instrumentation.options.limit_batches,
+                                   instrumentation._on_fetch)
 
         return limited_iter
 
+
+    def _on_fetch(self, started: float) -> None:
+        self.timer.add("data", started)
+        self.run.batches += 1
 
     def _note_synthetic(self, loader: DataLoader) -> None:
         """Mark the report when the script trains on torchdoctor's synthetic stand-in."""
@@ -459,31 +432,6 @@ class Instrumentation:
                 "found): accuracy figures are not FashionMNIST's")
         if kind == "synthetic" and note not in self.run.notes:
             self.run.notes.append(note)
-
-
-class _LimitedIterator:
-    """A DataLoader iterator that stops after ``limit_batches`` and times each fetch."""
-
-    def __init__(self, inner: Iterator[Any], instrumentation: Instrumentation) -> None:
-        self._inner = inner
-        self._owner = instrumentation
-        self._left = instrumentation.options.limit_batches
-
-    def __iter__(self) -> _LimitedIterator:
-        return self
-
-    def __len__(self) -> int:
-        return min(len(self._inner), self._left)  # type: ignore[arg-type]
-
-    def __next__(self) -> Any:
-        if self._left <= 0:
-            raise StopIteration
-        started = time.perf_counter()
-        batch = next(self._inner)
-        self._owner.timer.add("data", started)
-        self._left -= 1
-        self._owner.run.batches += 1
-        return batch
 
 
 def _mark_followed(record: ForwardRecord) -> None:
