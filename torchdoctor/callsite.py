@@ -29,12 +29,10 @@ def _library_roots() -> tuple[str, ...]:
     return tuple(os.path.realpath(r) + os.sep for r in roots if r)
 
 
-def _frame_path(frame: types.FrameType) -> str:
-    return os.path.realpath(frame.f_code.co_filename)
-
-
+@lru_cache(maxsize=4096)
 def is_user_file(path: str) -> bool:
-    """Whether ``path`` is user code (not torch, torchdoctor, pluggy or the stdlib)."""
+    """Whether ``path`` is user code (not torch, torchdoctor, pluggy or the stdlib).
+    Cached: it runs for every frame of every observed event, and realpath is slow."""
     if path.startswith("<"):
         return False
     real = os.path.realpath(path)
