@@ -56,7 +56,7 @@ def test_cleared_gradients_and_accumulation_are_quiet(sync: bool, zero_grad: str
 def test_hooks_are_removed_on_close() -> None:
     detector = GradCarryDetector()
     model = _loop(detector, zero_grad="optimizer")
-    assert all(not p._backward_hooks for p in model.parameters())
+    assert all(p._backward_hooks is None for p in model.parameters())
 
 
 def test_zero_grad_calls_are_reported_with_the_carry() -> None:

@@ -21,6 +21,7 @@ from torchdoctor.errors import (
     ShapeError,
     TargetError,
     TorchDoctorError,
+    TorchDoctorWarning,
     UsageError,
 )
 from torchdoctor.findings import CheckResult, ExitCode, Finding, Outcome, Report, Severity
@@ -59,6 +60,7 @@ __all__ = [
     "SkipCheck",
     "TargetError",
     "TorchDoctorError",
+    "TorchDoctorWarning",
     "UsageError",
     "Watch",
     "__version__",

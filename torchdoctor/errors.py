@@ -11,6 +11,12 @@ from __future__ import annotations
 from torchdoctor.findings import Finding
 
 
+class TorchDoctorWarning(UserWarning):
+    """Warning category of findings reported as warnings (by :func:`torchdoctor.watch`
+    with the ``"warn"`` policy; filter it with
+    ``warnings.filterwarnings("error", category=TorchDoctorWarning)``)."""
+
+
 class TorchDoctorError(Exception):
     """Base class of all torchdoctor exceptions."""
 

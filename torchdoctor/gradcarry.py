@@ -50,6 +50,7 @@ class GradCarryDetector:
         self._optimizers: dict[int, _WatchedOptimizer] = {}
         self._owner: dict[int, int] = {}  # id(param) -> id(optimizer)
         self._handles: list[Any] = []
+        self._hooks_were_none: list[torch.Tensor] = []
         # param id -> (param, device flag, step index the carry followed)
         self._flags: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._zero_grads: list[CodeLocation] = []
@@ -64,6 +65,8 @@ class GradCarryDetector:
             for param in group["params"]:
                 if param.requires_grad and id(param) not in self._owner:
                     self._owner[id(param)] = id(optimizer)
+                    if param._backward_hooks is None:
+                        self._hooks_were_none.append(param)
                     self._handles.append(param.register_hook(self._make_hook(param)))
 
     def note_step(self, optimizer: torch.optim.Optimizer,
@@ -100,6 +103,11 @@ class GradCarryDetector:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        # register_hook turned the parameter's hook dict from None into {}: put None back
+        for param in self._hooks_were_none:
+            if param._backward_hooks is not None and not param._backward_hooks:
+                param._backward_hooks = None
+        self._hooks_were_none.clear()
 
     def _make_hook(self, param: torch.Tensor) -> Callable[[torch.Tensor], None]:
         def before_accumulate(_grad: torch.Tensor) -> None:
