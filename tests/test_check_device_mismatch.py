@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,9 @@ from torchdoctor.observations import (
 from torchdoctor.runner import diagnose, diagnose_model
 
 CHECK = "device-mismatch"
+EXAMPLE = "device_mismatch"  # examples/bugs/device_mismatch.py and its _fixed form
 CUDA = "works on CPU, crashes on CUDA"
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
-
-
-@pytest.fixture(scope="module")
-def example_reports() -> Iterator[dict[str, Report]]:
-    """Both example programs diagnosed once (each takes a few seconds)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHDOCTOR_OFFLINE", "1")
-        yield {name: diagnose(str(BUGS / f"{name}.py"), select=[CHECK])
-               for name in ("device_mismatch", "device_mismatch_fixed")}
 
 
 def _mine(report: Report) -> list[Finding]:

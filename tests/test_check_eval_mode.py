@@ -4,7 +4,6 @@ evaluation with gradients on (script mode), randomness left in eval() (model mod
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from torchdoctor.reference import reference_loss, reference_optimizer
 from torchdoctor.runner import diagnose
 
 CHECK = "eval-mode"
+EXAMPLE = "eval_mode"  # examples/bugs/eval_mode.py and its _fixed form
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
 
 # A small training program on random data; the markers are replaced per test.
@@ -100,15 +100,6 @@ def _line_of(path: Path, text: str) -> int:
 
 def _mine(report: Report) -> list[Finding]:
     return [f for f in report.findings if f.check == CHECK]
-
-
-@pytest.fixture(scope="module")
-def example_reports() -> Iterator[dict[str, Report]]:
-    """Both example programs diagnosed once."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHDOCTOR_OFFLINE", "1")
-        yield {name: diagnose(str(BUGS / f"{name}.py"), select=[CHECK])
-               for name in ("eval_mode", "eval_mode_fixed")}
 
 
 # ---------------------------------------------------------------- example programs

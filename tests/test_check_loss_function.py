@@ -5,7 +5,6 @@ model's output in model mode)."""
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from torchdoctor.reference import reference_optimizer
 from torchdoctor.runner import diagnose, diagnose_model
 
 CHECK = "loss-function"
+EXAMPLE = "loss_function"  # examples/bugs/loss_function.py and its _fixed form
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
 
 PROGRAM = """
@@ -79,15 +79,6 @@ def _line_of(path: Path, text: str) -> int:
 
 def _mine(report: Report) -> list[Finding]:
     return [f for f in report.findings if f.check == CHECK]
-
-
-@pytest.fixture(scope="module")
-def example_reports() -> Iterator[dict[str, Report]]:
-    """Both example programs diagnosed once."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHDOCTOR_OFFLINE", "1")
-        yield {name: diagnose(str(BUGS / f"{name}.py"), select=[CHECK])
-               for name in ("loss_function", "loss_function_fixed")}
 
 
 # ---------------------------------------------------------------- example programs

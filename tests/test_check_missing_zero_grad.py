@@ -6,7 +6,6 @@ Real script runs only: the gradient-carry detector needs the user's loop to run.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,9 @@ from torchdoctor.observations import CarriedGradRecord, CodeLocation, ScriptRun
 from torchdoctor.runner import diagnose
 
 CHECK = "missing-zero-grad"
+EXAMPLE = "missing_zero_grad"  # examples/bugs/missing_zero_grad.py and its _fixed form
+EXAMPLES_USE_REAL_DATA = True
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def example_reports() -> Iterator[dict[str, Report]]:
-    """Both example programs diagnosed once."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHDOCTOR_OFFLINE", "1")
-        if (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
-            patch.setenv("TORCHDOCTOR_DATA", str(SHARED_DATA))
-        yield {name: diagnose(str(BUGS / f"{name}.py"), select=[CHECK])
-               for name in ("missing_zero_grad", "missing_zero_grad_fixed")}
 
 
 def _mine(report: Report) -> list[Finding]:

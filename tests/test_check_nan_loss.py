@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,19 +26,9 @@ from torchdoctor.observations import (
 from torchdoctor.runner import diagnose, diagnose_model
 
 CHECK = "nan-loss"
+EXAMPLE = "nan_loss"  # examples/bugs/nan_loss.py and its _fixed form
+EXAMPLES_USE_REAL_DATA = True
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def example_reports() -> Iterator[dict[str, Report]]:
-    """Both example programs diagnosed once."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHDOCTOR_OFFLINE", "1")
-        if (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
-            patch.setenv("TORCHDOCTOR_DATA", str(SHARED_DATA))
-        yield {name: diagnose(str(BUGS / f"{name}.py"), select=[CHECK])
-               for name in ("nan_loss", "nan_loss_fixed")}
 
 
 def _mine(report: Report) -> list[Finding]:

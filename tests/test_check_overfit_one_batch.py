@@ -5,7 +5,7 @@ a final activation before CrossEntropyLoss)."""
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from torchdoctor.reference import FashionMNISTClassifier
 from torchdoctor.runner import diagnose, diagnose_model
 
 CHECK = "overfit-one-batch"
+EXAMPLE = "overfit_one_batch"  # examples/bugs/overfit_one_batch.py and its _fixed form
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
 
 
@@ -32,15 +33,6 @@ def _mine(report: Report) -> list[Finding]:
 def _line_of(path: Path, text: str) -> int:
     lines = path.read_text(encoding="utf-8").splitlines()
     return next(i for i, line in enumerate(lines, 1) if text in line)
-
-
-@pytest.fixture(scope="module")
-def example_reports() -> Iterator[dict[str, Report]]:
-    """Both example programs diagnosed once."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHDOCTOR_OFFLINE", "1")
-        yield {name: diagnose(str(BUGS / f"{name}.py"), select=[CHECK])
-               for name in ("overfit_one_batch", "overfit_one_batch_fixed")}
 
 
 # ---------------------------------------------------------------- example programs

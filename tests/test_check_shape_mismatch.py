@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,7 @@ from torchdoctor.observations import (
 from torchdoctor.runner import diagnose, diagnose_model
 
 CHECK = "shape-mismatch"
-BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
-
-
-@pytest.fixture(scope="module")
-def example_reports() -> Iterator[dict[str, Report]]:
-    """Both example programs diagnosed once (each takes a few seconds)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHDOCTOR_OFFLINE", "1")  # synthetic data: no torchvision import
-        yield {name: diagnose(str(BUGS / f"{name}.py"), select=[CHECK])
-               for name in ("shape_mismatch", "shape_mismatch_fixed")}
+EXAMPLE = "shape_mismatch"  # examples/bugs/shape_mismatch.py and its _fixed form
 
 
 def _mine(report: Report) -> list[Finding]:

@@ -9,7 +9,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -22,15 +21,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 LAB = EXAMPLES / "fashion_mnist_lab.py"
 HOOKS = EXAMPLES / "custom_model_hooks.py"
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread while a test runs (restored after): on a loaded 2-core box,
-    two threads make small matmuls ten times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_example(path: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

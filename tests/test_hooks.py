@@ -555,15 +555,6 @@ def frozen_gc() -> Iterator[None]:
     gc.unfreeze()
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny ops on a loaded shared machine are much faster on one thread; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.usefixtures("one_thread", "frozen_gc")
 def test_no_tensor_growth_over_200_steps_with_all_tracers_on() -> None:
     torch.manual_seed(0)

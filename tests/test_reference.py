@@ -32,15 +32,7 @@ from torchdoctor.reference import (
 )
 from torchdoctor.reference_cli import run_reference_cli
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread while a test runs (restored after): on a loaded 2-core box,
-    two threads make small matmuls ten times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
