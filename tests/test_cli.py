@@ -238,3 +238,23 @@ def test_misspelt_hook_function_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli("check", f"{path}::Net")
     assert result.returncode == 2
     assert "torchdoctor_modle" in result.stderr
+
+
+def test_script_that_needs_arguments_says_so_and_gets_them(tmp_path: Path) -> None:
+    path = tmp_path / "train.py"
+    path.write_text(HEALTHY_MODEL_FILE + textwrap.dedent("""
+        import argparse
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--width", type=int, required=True)
+        args = parser.parse_args()
+        model = Net()
+        model(torch.zeros(args.width, 1, 28, 28))
+    """))
+    refused = run_cli("check", str(path), "--select", "shape-mismatch")
+    assert refused.returncode == 2
+    assert "the following arguments are required: --width" in refused.stderr
+    assert "--script-args" in refused.stderr
+    accepted = run_cli("check", str(path), "--select", "shape-mismatch", "--format", "json",
+                       "--script-args", "--width 3")
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout)["mode"] == "script+model"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,6 +85,9 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
                        help="skip these check ids (comma-separated, repeatable)")
     check.add_argument("--max-steps", type=_positive_int, default=20, metavar="N",
                        help="optimizer steps applied in a script run (default 20)")
+    check.add_argument("--script-args", type=shlex.split, default=[], metavar="'ARGS'",
+                       help="command-line arguments for a file target, as one quoted string "
+                       "(its sys.argv[1:]), e.g. --script-args '--epochs 3 --data ./data'")
     check.add_argument("--verbose", "-v", action="store_true",
                        help="tracebacks, crashed checks in full, the script's output")
     _add_run_options(check)
@@ -162,7 +166,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     options = CheckOptions(device=_checked_device(args.device), seed=args.seed,
                            limit_batches=args.limit_batches, max_steps=args.max_steps,
-                           timeout=args.timeout, data_root=args.data, verbose=args.verbose)
+                           timeout=args.timeout, data_root=args.data, verbose=args.verbose,
+                           script_args=tuple(args.script_args))
     if args.data:
         os.environ["TORCHDOCTOR_DATA"] = args.data  # so the user's script finds it too
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())

@@ -35,6 +35,8 @@ class CheckOptions:
     timeout: float = DEFAULT_TIMEOUT
     data_root: str | None = None
     verbose: bool = False
+    #: command-line arguments given to a script target (its sys.argv[1:])
+    script_args: tuple[str, ...] = ()
 
 
 @dataclass

@@ -149,12 +149,17 @@ class Diagnosis:
         from torchdoctor.script import run_script
 
         assert parsed.path is not None
-        result = run_script(parsed.path, self.options)
+        result = run_script(parsed.path, self.options, argv=list(self.options.script_args))
         run = result.run
         if run.error is not None and run.error.before_training:
             raise TargetError(f"{parsed.path} raised {run.error.type_name} before any model "
                               f"ran: {run.error.message} (at {run.error.location}). "
                               "The file must run as `python FILE`.")
+        if run.status is RunStatus.EXITED and not run.forwards:
+            said = result.output.strip().splitlines()[-1:] or [""]
+            raise TargetError(f"{parsed.path} exited before any model ran ({run.notes[-1]})"
+                              f"{': ' + said[0] if said[0] else ''}. If it needs command-line "
+                              "arguments, pass them with --script-args '...'")
         user_module = ModuleType(result.namespace.get("__name__", "__main__"))
         user_module.__dict__.update(result.namespace)
         register_user_module(self._manager, user_module)
