@@ -34,7 +34,7 @@ Loop = Callable[[int], None]
 def mlp() -> nn.Module:
     """The reference classifier (inline if torchdoctor.reference is not there)."""
     try:
-        from torchdoctor.reference import FashionMNISTClassifier
+        from torchdoctor.reference.trainer import FashionMNISTClassifier
     except ImportError:
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2),
                              nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.2),

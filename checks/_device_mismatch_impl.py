@@ -17,7 +17,7 @@ import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from torchdoctor.observations import CodeLocation
+from torchdoctor.scriptrun.observations import CodeLocation
 
 if TYPE_CHECKING:
     from torch import nn
@@ -93,14 +93,14 @@ def user_location_of_stack(frame: types.FrameType | None) -> CodeLocation | None
 
 
 def _is_user(frame: types.FrameType) -> bool:
-    from torchdoctor.callsite import is_user_file
+    from torchdoctor.scriptrun.callsite import is_user_file
 
     path = frame.f_code.co_filename
     return is_user_file(path) and not os.path.realpath(path).startswith(_HERE)
 
 
 def _location(frame: types.FrameType, line: int) -> CodeLocation:
-    from torchdoctor.callsite import display_path
+    from torchdoctor.scriptrun.callsite import display_path
 
     return CodeLocation(display_path(frame.f_code.co_filename), line, frame.f_code.co_name)
 
@@ -175,7 +175,7 @@ def _classify(qualname: str, attr: str, value: Any, module: nn.Module,
 
 def _assignment(cls: type, attr: str) -> CodeLocation | None:
     """Where ``self.<attr> = ...`` appears in the class source, if it can be found."""
-    from torchdoctor.callsite import display_path
+    from torchdoctor.scriptrun.callsite import display_path
 
     try:
         lines, start = inspect.getsourcelines(cls)

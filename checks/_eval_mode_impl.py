@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-    from torchdoctor.context import CheckContext, ModelCandidate
-    from torchdoctor.observations import CodeLocation, ModuleInfo
+    from torchdoctor.engine.context import CheckContext, ModelCandidate
+    from torchdoctor.scriptrun.observations import CodeLocation, ModuleInfo
 
 #: a functional dropout call: F.dropout(, torch.nn.functional.dropout2d(, torch.dropout(
 _FUNCTIONAL_DROPOUT = re.compile(
@@ -75,7 +75,7 @@ def eval_nondeterminism(ctx: CheckContext, candidate: ModelCandidate) -> EvalRan
 
 
 def _traced_run(model: nn.Module, inputs: Any) -> _Trace:
-    from torchdoctor.reference import forward
+    from torchdoctor.reference.trainer import forward
 
     trace = _Trace()
     handles = []

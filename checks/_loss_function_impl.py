@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from torchdoctor.observations import CodeLocation, ErrorRecord, TensorSummary
+    from torchdoctor.scriptrun.observations import CodeLocation, ErrorRecord, TensorSummary
 
 #: the losses this check judges (validators' canonical names); regression losses are
 #: left to shape-mismatch, whose domain their problems (broadcasting) are
@@ -125,7 +125,7 @@ def final_activation(model: nn.Module, inputs: Any, label: str) -> FinalActivati
 def _last_leaf(model: nn.Module, inputs: Any) -> tuple[str, nn.Module] | None:
     import torch
 
-    from torchdoctor.reference import forward
+    from torchdoctor.reference.trainer import forward
 
     order: list[tuple[str, nn.Module]] = []
     handles = [m.register_forward_hook(lambda mod, a, o, n=name: order.append((n, mod)))
@@ -153,8 +153,8 @@ def forward_source_line(module: nn.Module, wanted: Callable[[str], bool], *,
                         last: bool = False) -> tuple[CodeLocation, str] | None:
     """The first (or last) line of ``type(module).forward`` whose code (comments
     stripped) satisfies ``wanted``, with that code; None without source."""
-    from torchdoctor.callsite import display_path
-    from torchdoctor.observations import CodeLocation
+    from torchdoctor.scriptrun.callsite import display_path
+    from torchdoctor.scriptrun.observations import CodeLocation
 
     forward = type(module).forward
     try:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from torchdoctor.observations import ModuleInfo
+    from torchdoctor.scriptrun.observations import ModuleInfo
 
 #: Learning rates at or above which a step counts as "large", by optimizer type.
 #: Adaptive optimizers normalise the gradient, so their lr is the step size itself.

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchdoctor.context import TrainingSetup
-from torchdoctor.reference import forward
+from torchdoctor.engine.context import TrainingSetup
+from torchdoctor.reference.trainer import forward
 from torchdoctor.tensors import iter_tensors
 
 from ._nan_loss_causes import Evidence, describe_module

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from torchdoctor.context import CheckContext, ModelCandidate
-    from torchdoctor.observations import ModuleInfo
+    from torchdoctor.engine.context import CheckContext, ModelCandidate
+    from torchdoctor.scriptrun.observations import ModuleInfo
 
     from ._loss_function_impl import FinalActivation
 
@@ -190,7 +190,7 @@ def _anatomy(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any,
 def _probe(model: nn.Module, batch: tuple[Any, Any],
            loss_fn: Any) -> tuple[set[str], torch.Tensor, torch.Tensor]:
     """One forward pass noting which modules ran; the output and the loss."""
-    from torchdoctor.reference import forward
+    from torchdoctor.reference.trainer import forward
     from torchdoctor.tensors import first_tensor
 
     ran: set[str] = set()
@@ -259,7 +259,7 @@ def _lr(optimizer: torch.optim.Optimizer) -> float | None:
 
 def _fit(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any,
          optimizer: torch.optim.Optimizer, budget: float) -> Fit:
-    from torchdoctor.reference import train_steps
+    from torchdoctor.reference.trainer import train_steps
 
     started = time.perf_counter()
     losses = train_steps(model, batch, loss_fn, optimizer, 1)
@@ -285,7 +285,7 @@ def _going(losses: list[float], stop: float) -> bool:
 def _eval_loss(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any) -> float:
     import torch
 
-    from torchdoctor.reference import forward
+    from torchdoctor.reference.trainer import forward
 
     model.eval()
     try:

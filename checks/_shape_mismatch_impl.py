@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
-from torchdoctor.observations import ModuleInfo, TensorSummary
+from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 
 Explanation = tuple[str, str]
 Shape = tuple[int, ...]

@@ -26,8 +26,8 @@ from ._device_mismatch_impl import (
 )
 
 if TYPE_CHECKING:
-    from torchdoctor.context import CheckContext, ModelCandidate
-    from torchdoctor.observations import ModuleCall, ScriptRun
+    from torchdoctor.engine.context import CheckContext, ModelCandidate
+    from torchdoctor.scriptrun.observations import ModuleCall, ScriptRun
 
 _CUDA = "works on CPU, crashes on CUDA"
 _MOVE_HINT = ("move the model once after building it, model.to(device), and every batch "
@@ -69,7 +69,7 @@ class DeviceMismatchCheck(Check):
 
     # -- model mode --------------------------------------------------------------------
     def _model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
-        from torchdoctor.reference import forward
+        from torchdoctor.reference.trainer import forward
 
         model = ctx.fresh_model(candidate)
         try:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 from torchdoctor.check import Check, SkipCheck
 from torchdoctor.findings import Finding
-from torchdoctor.observations import ForwardRecord, ObservedModel, RunStatus, ScriptRun
+from torchdoctor.scriptrun.observations import ForwardRecord, ObservedModel, RunStatus, ScriptRun
 
 if TYPE_CHECKING:
-    from torchdoctor.context import CheckContext
+    from torchdoctor.engine.context import CheckContext
 
 _EVAL_HINT = ("call `model.eval()` before the evaluation loop (and `model.train()` "
               "before training again), and evaluate under `with torch.no_grad():`")

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from torchdoctor.check import Check, SkipCheck
 from torchdoctor.findings import Finding, Severity
-from torchdoctor.observations import TensorSummary
+from torchdoctor.scriptrun.observations import TensorSummary
 
 from ._loss_function_impl import NEEDS_STRUCTURE, FinalActivation, LossProblem
 
 if TYPE_CHECKING:
-    from torchdoctor.context import CheckContext, ModelCandidate
-    from torchdoctor.observations import LossRecord, ScriptRun
+    from torchdoctor.engine.context import CheckContext, ModelCandidate
+    from torchdoctor.scriptrun.observations import LossRecord, ScriptRun
 
 
 class LossFunctionCheck(Check):
@@ -170,7 +170,7 @@ def _model_output(ctx: CheckContext, candidate: ModelCandidate) -> _ModelOutput 
     the model does not run on it or returns no float tensor."""
     import torch
 
-    from torchdoctor.reference import forward
+    from torchdoctor.reference.trainer import forward
     from torchdoctor.tensors import summarize
     from torchdoctor.validators import loss_name_of
 

@@ -21,8 +21,8 @@ from torchdoctor.check import Check, SkipCheck
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
-    from torchdoctor.context import CheckContext
-    from torchdoctor.observations import CarriedGradRecord
+    from torchdoctor.engine.context import CheckContext
+    from torchdoctor.scriptrun.observations import CarriedGradRecord
 
 #: parameter names quoted in a message before "and N more"
 _SHOWN_PARAMS = 3

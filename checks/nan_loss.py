@@ -18,8 +18,8 @@ from torchdoctor.check import Check, SkipCheck
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
-    from torchdoctor.context import CheckContext, ModelCandidate
-    from torchdoctor.observations import (
+    from torchdoctor.engine.context import CheckContext, ModelCandidate
+    from torchdoctor.scriptrun.observations import (
         ForwardRecord,
         LossRecord,
         NonFiniteRecord,

@@ -19,7 +19,7 @@ from torchdoctor.check import Check, SkipCheck
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
-    from torchdoctor.context import CheckContext
+    from torchdoctor.engine.context import CheckContext
 
     from ._overfit_one_batch_impl import Anatomy, Examination, Fit
 
@@ -172,7 +172,7 @@ class _Verdict:
 
     def _initial_loss(self) -> list[Finding]:
         """The first loss against ln(classes): far above means oversized logits."""
-        from torchdoctor.reference import expected_initial_loss
+        from torchdoctor.reference.trainer import expected_initial_loss
 
         a, fit = self.anatomy, self.fit
         if fit is None or not a.classes or a.classes < 2 or not fit.finite:

@@ -27,8 +27,8 @@ from ._shape_mismatch_impl import (
 if TYPE_CHECKING:
     from torch import nn
 
-    from torchdoctor.context import CheckContext, ModelCandidate, TrainingSetup
-    from torchdoctor.observations import ModuleCall, ScriptRun
+    from torchdoctor.engine.context import CheckContext, ModelCandidate, TrainingSetup
+    from torchdoctor.scriptrun.observations import ModuleCall, ScriptRun
 
 _BATCH_HOOK_HINT = " (if the model takes other inputs, define torchdoctor_batch() in your file)"
 
@@ -194,7 +194,7 @@ def _callable_name(loss_fn: Any) -> str:
 
 
 def _forward(model: nn.Module, inputs: Any) -> Any:
-    from torchdoctor.reference import forward
+    from torchdoctor.reference.trainer import forward
 
     return forward(model, inputs)
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 #     datasets.FashionMNIST(root="data", train=True, download=True, transform=ToTensor())
 # load_fashion_mnist does exactly that (root: --data, else $TORCHDOCTOR_DATA, else "data"),
 # and falls back to a synthetic FashionMNIST-shaped set when offline.
-from torchdoctor.data import load_fashion_mnist
+from torchdoctor.reference.data import load_fashion_mnist
 
 
 class NeuralNetwork(nn.Module):

@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import torchdoctor
-from torchdoctor.data import SyntheticFashionMNIST
-from torchdoctor.reference import FashionMNISTClassifier
+from torchdoctor.reference.data import SyntheticFashionMNIST
+from torchdoctor.reference.trainer import FashionMNISTClassifier
 
 
 def batches(steps: int, corrupt_at: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from torchdoctor import Report
-from torchdoctor.runner import diagnose
+from torchdoctor.engine.runner import diagnose
 
 # Nothing may touch the network in tests: the data module falls back to synthetic data.
 os.environ["TORCHDOCTOR_OFFLINE"] = "1"

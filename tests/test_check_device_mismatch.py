@@ -11,9 +11,10 @@ from torch import nn
 
 from torchdoctor.checks._device_mismatch_impl import DeviceError, parse_device_error
 from torchdoctor.checks.device_mismatch import DeviceMismatchCheck
-from torchdoctor.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.runner import diagnose, diagnose_model
 from torchdoctor.findings import Finding, Report, Severity
-from torchdoctor.observations import (
+from torchdoctor.scriptrun.observations import (
     CodeLocation,
     ErrorRecord,
     ModuleCall,
@@ -22,7 +23,6 @@ from torchdoctor.observations import (
     ScriptRun,
     TensorSummary,
 )
-from torchdoctor.runner import diagnose, diagnose_model
 
 CHECK = "device-mismatch"
 EXAMPLE = "device_mismatch"  # examples/bugs/device_mismatch.py and its _fixed form

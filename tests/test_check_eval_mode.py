@@ -12,17 +12,17 @@ from torch import nn
 
 from torchdoctor.check import SkipCheck
 from torchdoctor.checks.eval_mode import EvalModeCheck
-from torchdoctor.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.runner import diagnose
 from torchdoctor.findings import Finding, Report, Severity
-from torchdoctor.observations import (
+from torchdoctor.reference.trainer import reference_loss, reference_optimizer
+from torchdoctor.scriptrun.observations import (
     CodeLocation,
     ForwardRecord,
     ObservedModel,
     RunStatus,
     ScriptRun,
 )
-from torchdoctor.reference import reference_loss, reference_optimizer
-from torchdoctor.runner import diagnose
 
 CHECK = "eval-mode"
 EXAMPLE = "eval_mode"  # examples/bugs/eval_mode.py and its _fixed form

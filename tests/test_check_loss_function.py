@@ -13,11 +13,11 @@ from torch import nn
 
 from torchdoctor.checks._loss_function_impl import crash_problem
 from torchdoctor.checks.loss_function import LossFunctionCheck
-from torchdoctor.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.runner import diagnose, diagnose_model
 from torchdoctor.findings import TARGET_CHECK_ID, Finding, Report, Severity
-from torchdoctor.observations import ErrorRecord
-from torchdoctor.reference import reference_optimizer
-from torchdoctor.runner import diagnose, diagnose_model
+from torchdoctor.reference.trainer import reference_optimizer
+from torchdoctor.scriptrun.observations import ErrorRecord
 
 CHECK = "loss-function"
 EXAMPLE = "loss_function"  # examples/bugs/loss_function.py and its _fixed form

@@ -12,10 +12,10 @@ import pytest
 
 from torchdoctor.check import SkipCheck
 from torchdoctor.checks.missing_zero_grad import MissingZeroGradCheck
-from torchdoctor.context import CheckContext, CheckOptions, ModelCandidate
+from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate
+from torchdoctor.engine.runner import diagnose
 from torchdoctor.findings import Finding, Report, Severity
-from torchdoctor.observations import CarriedGradRecord, CodeLocation, ScriptRun
-from torchdoctor.runner import diagnose
+from torchdoctor.scriptrun.observations import CarriedGradRecord, CodeLocation, ScriptRun
 
 CHECK = "missing-zero-grad"
 EXAMPLE = "missing_zero_grad"  # examples/bugs/missing_zero_grad.py and its _fixed form

@@ -13,9 +13,10 @@ from torch import nn
 from torchdoctor.check import SkipCheck
 from torchdoctor.checks._nan_loss_causes import Evidence, classify, loss_rose
 from torchdoctor.checks.nan_loss import NanLossCheck
-from torchdoctor.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.runner import diagnose, diagnose_model
 from torchdoctor.findings import Finding, Report, Severity
-from torchdoctor.observations import (
+from torchdoctor.scriptrun.observations import (
     CodeLocation,
     ForwardRecord,
     LossRecord,
@@ -23,7 +24,6 @@ from torchdoctor.observations import (
     ScriptRun,
     TensorSummary,
 )
-from torchdoctor.runner import diagnose, diagnose_model
 
 CHECK = "nan-loss"
 EXAMPLE = "nan_loss"  # examples/bugs/nan_loss.py and its _fixed form

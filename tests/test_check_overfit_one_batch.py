@@ -16,10 +16,10 @@ from torch import nn
 from torchdoctor.check import SkipCheck
 from torchdoctor.checks._overfit_one_batch_impl import examine
 from torchdoctor.checks.overfit_one_batch import OverfitOneBatchCheck
-from torchdoctor.context import CheckContext, CheckOptions, ModelCandidate
+from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate
+from torchdoctor.engine.runner import diagnose, diagnose_model
 from torchdoctor.findings import Finding, Report, Severity
-from torchdoctor.reference import FashionMNISTClassifier
-from torchdoctor.runner import diagnose, diagnose_model
+from torchdoctor.reference.trainer import FashionMNISTClassifier
 
 CHECK = "overfit-one-batch"
 EXAMPLE = "overfit_one_batch"  # examples/bugs/overfit_one_batch.py and its _fixed form
@@ -69,7 +69,7 @@ def _check(model: nn.Module,
 
 
 def test_reference_classifier_fits_fast_despite_dropout() -> None:
-    from torchdoctor.reference import reference_setup
+    from torchdoctor.reference.trainer import reference_setup
 
     options = CheckOptions()
     ctx = CheckContext("t", options, reference_setup(options), None,
@@ -166,7 +166,7 @@ def test_user_model_and_threads_are_untouched() -> None:
 
 def test_batch_that_does_not_fit_is_skipped() -> None:
     options = CheckOptions()
-    from torchdoctor.reference import reference_setup
+    from torchdoctor.reference.trainer import reference_setup
 
     ctx = CheckContext("t", options, reference_setup(options), None,
                        [ModelCandidate.from_instance("Net", "test", nn.Linear(3, 2))])

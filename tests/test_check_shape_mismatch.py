@@ -12,9 +12,10 @@ from torch import nn
 from torchdoctor.check import SkipCheck
 from torchdoctor.checks._shape_mismatch_impl import explain_shape_error
 from torchdoctor.checks.shape_mismatch import ShapeMismatchCheck
-from torchdoctor.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.runner import diagnose, diagnose_model
 from torchdoctor.findings import Finding, Report, Severity
-from torchdoctor.observations import (
+from torchdoctor.scriptrun.observations import (
     CodeLocation,
     ForwardRecord,
     LossRecord,
@@ -22,7 +23,6 @@ from torchdoctor.observations import (
     TensorSummary,
     WarningRecord,
 )
-from torchdoctor.runner import diagnose, diagnose_model
 
 CHECK = "shape-mismatch"
 EXAMPLE = "shape_mismatch"  # examples/bugs/shape_mismatch.py and its _fixed form

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from torchdoctor.cli import main
+from torchdoctor.cli.main import main
 
 HEALTHY_MODEL_FILE = """
 import torch
@@ -38,7 +38,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_help_and_list_checks_do_not_import_torch() -> None:
     code = textwrap.dedent("""
         import contextlib, io, sys
-        from torchdoctor.cli import main
+        from torchdoctor.cli.main import main
         with contextlib.redirect_stdout(io.StringIO()):
             try:
                 main(["--help"])

@@ -1,4 +1,4 @@
-"""torchdoctor.data: data root resolution, real data, the synthetic fallback."""
+"""torchdoctor.reference.data: data root resolution, real data, the synthetic fallback."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from torchdoctor import data
-from torchdoctor.data import (
+from torchdoctor.reference import data
+from torchdoctor.reference.data import (
     RAW_FILES,
     FallbackNotice,
     SyntheticFashionMNIST,
@@ -23,7 +23,7 @@ from torchdoctor.data import (
     load_fashion_mnist,
     reference_batch,
 )
-from torchdoctor.reference import FashionMNISTClassifier, evaluate, reference_loss
+from torchdoctor.reference.trainer import FashionMNISTClassifier, evaluate, reference_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,7 +159,7 @@ def test_fallback_notice_prints_once_naming_root_and_remedy(tmp_path: Path) -> N
 def test_fallback_is_announced_once_per_process_without_torchvision(tmp_path: Path) -> None:
     program = (
         "import sys\n"
-        "from torchdoctor.data import load_fashion_mnist, reference_batch\n"
+        "from torchdoctor.reference.data import load_fashion_mnist, reference_batch\n"
         "root = sys.argv[1]\n"
         "load_fashion_mnist(True, root); load_fashion_mnist(False, root)\n"
         "reference_batch(8, root=root)\n"

@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from torchdoctor.reference import train_steps
+from torchdoctor.reference.trainer import train_steps
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 LAB = EXAMPLES / "fashion_mnist_lab.py"
@@ -77,8 +77,8 @@ def test_custom_hooks_overfit_one_batch_with_their_own_loss_and_optimizer() -> N
 def test_torchdoctor_check_finds_nothing_wrong(example: Path,
                                                monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
-    from torchdoctor.context import CheckOptions
-    from torchdoctor.runner import diagnose
+    from torchdoctor.engine.context import CheckOptions
+    from torchdoctor.engine.runner import diagnose
 
     monkeypatch.setenv("TORCHDOCTOR_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)  # ./data is empty here: synthetic data

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchdoctor.gradcarry import GradCarryDetector
+from torchdoctor.diagnoses.gradcarry import GradCarryDetector
 
 
 def _loop(detector: GradCarryDetector, *, zero_grad: str, micro_batches: int = 1,
@@ -60,7 +60,7 @@ def test_hooks_are_removed_on_close() -> None:
 
 
 def test_zero_grad_calls_are_reported_with_the_carry() -> None:
-    from torchdoctor.observations import CodeLocation
+    from torchdoctor.scriptrun.observations import CodeLocation
 
     detector = GradCarryDetector()
     model = nn.Linear(2, 1)

@@ -28,7 +28,7 @@ from torchdoctor.hooks import (
     ShapeTracer,
     localize_nonfinite,
 )
-from torchdoctor.observations import TensorSummary
+from torchdoctor.scriptrun.observations import TensorSummary
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "instruments_hooks.py"
 

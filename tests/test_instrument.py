@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchdoctor.context import CheckOptions
-from torchdoctor.observations import RunStatus
-from torchdoctor.script import run_script
+from torchdoctor.engine.context import CheckOptions
+from torchdoctor.scriptrun.observations import RunStatus
+from torchdoctor.scriptrun.script import run_script
 
 TRAINING = """
 import torch

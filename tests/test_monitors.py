@@ -17,7 +17,7 @@ from torch import nn
 
 import torchdoctor
 from torchdoctor import GradientError, ModeError, NonFiniteError, Outcome, Severity
-from torchdoctor.monitors import KINDS, Thresholds, TorchDoctorWarning, Watch, watch
+from torchdoctor.monitor.watch import KINDS, Thresholds, TorchDoctorWarning, Watch, watch
 
 ROOT = Path(__file__).resolve().parents[1]
 

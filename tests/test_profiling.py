@@ -352,8 +352,8 @@ def _script(tmp_path: Path, crash: str = "") -> Path:
 
 
 def test_profile_script_uses_the_instrument_phases(tmp_path: Path) -> None:
-    pytest.importorskip("torchdoctor.instrument")
-    from torchdoctor.context import CheckOptions
+    pytest.importorskip("torchdoctor.scriptrun.instrument")
+    from torchdoctor.engine.context import CheckOptions
     from torchdoctor.profiling import profile_script
 
     report = profile_script(_script(tmp_path), CheckOptions(limit_batches=3, max_steps=20))
@@ -369,7 +369,7 @@ def test_profile_script_uses_the_instrument_phases(tmp_path: Path) -> None:
 
 def test_cli_profiles_a_crashing_script_and_exits_1(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("torchdoctor.instrument")
+    pytest.importorskip("torchdoctor.scriptrun.instrument")
     path = _script(tmp_path, crash="raise RuntimeError('after training')")
     assert run_profile_cli(str(path), steps=5, limit_batches=2) == 1
     out = capsys.readouterr().out
@@ -378,7 +378,7 @@ def test_cli_profiles_a_crashing_script_and_exits_1(tmp_path: Path,
 
 
 def test_profile_script_missing_file_is_a_target_error(tmp_path: Path) -> None:
-    from torchdoctor.context import CheckOptions
+    from torchdoctor.engine.context import CheckOptions
     from torchdoctor.profiling import profile_script
 
     with pytest.raises(TargetError):

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchdoctor.context import CheckOptions
-from torchdoctor.data import SyntheticFashionMNIST, reference_batch
-from torchdoctor.reference import (
+from torchdoctor.cli.reference import run_reference_cli
+from torchdoctor.engine.context import CheckOptions
+from torchdoctor.reference.data import SyntheticFashionMNIST, reference_batch
+from torchdoctor.reference.trainer import (
     FashionMNISTClassifier,
     evaluate,
     expected_initial_loss,
@@ -30,7 +31,6 @@ from torchdoctor.reference import (
     train_epoch,
     train_steps,
 )
-from torchdoctor.reference_cli import run_reference_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

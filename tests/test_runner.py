@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from torchdoctor import Check, Outcome, TargetError, UsageError
-from torchdoctor.context import CheckContext, CheckOptions
-from torchdoctor.runner import diagnose, diagnose_model, run_one_check, select_checks
+from torchdoctor.engine.context import CheckContext, CheckOptions
+from torchdoctor.engine.runner import diagnose, diagnose_model, run_one_check, select_checks
 
 MODEL_FILE = """
 import torch
@@ -130,8 +130,8 @@ def test_a_check_leaving_a_global_hook_is_reported_and_the_hook_removed() -> Non
 
 
 def diagnose_context() -> CheckContext:
-    from torchdoctor.context import ModelCandidate
-    from torchdoctor.reference import FashionMNISTClassifier, reference_setup
+    from torchdoctor.engine.context import ModelCandidate
+    from torchdoctor.reference.trainer import FashionMNISTClassifier, reference_setup
 
     options = CheckOptions()
     candidate = ModelCandidate.from_instance("m", "test", FashionMNISTClassifier())

@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from torchdoctor.state import preserved_state
+from torchdoctor.engine.state import preserved_state
 
 
 def test_everything_is_restored_and_seed_makes_work_reproducible() -> None:

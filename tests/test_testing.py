@@ -354,7 +354,7 @@ def test_assert_report_ok_fails_on_errors_and_on_warnings_when_strict() -> None:
 
 
 def test_assert_healthy_passes_for_the_reference_model() -> None:
-    from torchdoctor.reference import FashionMNISTClassifier
+    from torchdoctor.reference.trainer import FashionMNISTClassifier
 
     model = FashionMNISTClassifier()
     before = state_of(model)

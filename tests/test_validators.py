@@ -25,7 +25,7 @@ from torchdoctor.errors import (
     ShapeError,
 )
 from torchdoctor.findings import Severity
-from torchdoctor.observations import ModuleInfo, TensorSummary
+from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 from torchdoctor.tensors import summarize
 from torchdoctor.validators import (
     broadcast_shape,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from torchdoctor import _compat
 from torchdoctor.check import Check, SkipCheck
 from torchdoctor.errors import (
     BatchError,
@@ -29,14 +30,16 @@ from torchdoctor.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
+_compat.install()
+
 # public name -> module that defines it; imported lazily because these need torch
 _LAZY = {
-    "watch": "torchdoctor.monitors",
-    "Watch": "torchdoctor.monitors",
-    "diagnose": "torchdoctor.runner",
-    "diagnose_model": "torchdoctor.runner",
-    "Diagnosis": "torchdoctor.runner",
-    "CheckOptions": "torchdoctor.context",
+    "watch": "torchdoctor.monitor.watch",
+    "Watch": "torchdoctor.monitor.watch",
+    "diagnose": "torchdoctor.engine.runner",
+    "diagnose_model": "torchdoctor.engine.runner",
+    "Diagnosis": "torchdoctor.engine.runner",
+    "CheckOptions": "torchdoctor.engine.context",
 }
 
 __all__ = [

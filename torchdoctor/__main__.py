@@ -1,5 +1,5 @@
 """``python -m torchdoctor``."""
 
-from torchdoctor.cli import main
+from torchdoctor.cli.main import main
 
 raise SystemExit(main())

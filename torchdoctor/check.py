@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torchdoctor.findings import Finding, Severity
 
 if TYPE_CHECKING:
-    from torchdoctor.context import CheckContext
+    from torchdoctor.engine.context import CheckContext
 
 
 class SkipCheck(Exception):

@@ -128,7 +128,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     that uses torchdoctor."""
     if not uses_torchdoctor(item):
         return (yield)
-    from torchdoctor.state import preserved_state
+    from torchdoctor.engine.state import preserved_state
 
     with preserved_state():
         return (yield)

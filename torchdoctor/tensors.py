@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from torchdoctor.observations import TensorSummary
+from torchdoctor.scriptrun.observations import TensorSummary
 
 
 def deepcopy_module(module: torch.nn.Module) -> torch.nn.Module:

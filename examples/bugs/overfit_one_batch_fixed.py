@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from torchdoctor.data import load_fashion_mnist
+from torchdoctor.reference.data import load_fashion_mnist
 
 
 class Net(nn.Module):

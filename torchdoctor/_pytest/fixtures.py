@@ -10,7 +10,7 @@ import pytest
 
 from torchdoctor._pytest.markers import MARKER, marker_selection
 from torchdoctor._pytest.settings import ids_or, settings_of
-from torchdoctor.context import CheckOptions
+from torchdoctor.engine.context import CheckOptions
 from torchdoctor.findings import Report
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Doctor:
               optimizer_factory: Any = None, select: Sequence[str] | None = None,
               ignore: Sequence[str] | None = None, name: str = "model") -> Report:
         """Run the model-mode checks on copies of ``model``; return the report."""
-        from torchdoctor.runner import diagnose_model
+        from torchdoctor.engine.runner import diagnose_model
 
         report = diagnose_model(model, batch=batch, loss_fn=loss_fn,
                                 optimizer_factory=optimizer_factory, options=self.options,
@@ -50,7 +50,7 @@ class Doctor:
     def diagnose(self, target: str, *, select: Sequence[str] | None = None,
                  ignore: Sequence[str] | None = None) -> Report:
         """Diagnose a TARGET (``file.py``, ``file.py::name``, ``pkg.module:name``)."""
-        from torchdoctor.runner import diagnose
+        from torchdoctor.engine.runner import diagnose
 
         return self._keep(diagnose(target, self.options, **self._selection(select, ignore)))
 
@@ -90,7 +90,7 @@ def reference_batch(request: pytest.FixtureRequest) -> tuple[torch.Tensor, torch
     """A FashionMNIST training batch ``(images (64, 1, 28, 28) float in [0, 1], labels
     (64,) long)``; a synthetic stand-in of the same shape when the data is absent.
     Deterministic for a given ``--torchdoctor-seed``; a fresh copy for every test."""
-    from torchdoctor.data import reference_batch as make_batch
+    from torchdoctor.reference.data import reference_batch as make_batch
 
     options = settings_of(request.config).options
     inputs, targets, kind = make_batch(REFERENCE_BATCH_SIZE, root=options.data_root,

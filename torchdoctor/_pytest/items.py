@@ -17,7 +17,7 @@ from torchdoctor.findings import TARGET_CHECK_ID, CheckResult, Finding, Outcome,
 if TYPE_CHECKING:
     from _pytest._code.code import ExceptionInfo, TerminalRepr
 
-    from torchdoctor.runner import Diagnosis
+    from torchdoctor.engine.runner import Diagnosis
 
 _T = TypeVar("_T")
 
@@ -61,8 +61,8 @@ class TargetCollector(pytest.Collector):
 
     def collect(self) -> list[pytest.Item]:
         """One item per selected check (plus ``target`` for a script's own findings)."""
-        from torchdoctor.runner import Diagnosis
-        from torchdoctor.target import parse_target
+        from torchdoctor.engine.runner import Diagnosis
+        from torchdoctor.engine.target import parse_target
 
         parsed = parse_target(self.spec)
         if parsed.path is not None and not parsed.path.is_file():

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from torchdoctor.context import (
+from torchdoctor.engine.context import (
     DEFAULT_LIMIT_BATCHES,
     DEFAULT_MAX_STEPS,
     DEFAULT_SEED,

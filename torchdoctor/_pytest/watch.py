@@ -28,7 +28,7 @@ class WatchFactory:
 
     def __call__(self, model: Any, optimizer: Any, **kwargs: Any) -> Any:
         """Start watching ``model`` trained by ``optimizer``; returns the Watch."""
-        from torchdoctor.monitors import watch
+        from torchdoctor.monitor.watch import watch
 
         kwargs.setdefault("policy", "record")
         doc = watch(model, optimizer, **kwargs)

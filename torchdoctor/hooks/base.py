@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from torchdoctor.observations import ModuleInfo, TensorSummary
+from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 from torchdoctor.tensors import iter_tensors
 
 

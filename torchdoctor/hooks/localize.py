@@ -23,7 +23,7 @@ from torchdoctor.hooks.nonfinite import (
     gradient_finding,
 )
 from torchdoctor.hooks.replica import clone_tensors, copy_without_hooks, cuda_indices
-from torchdoctor.observations import TensorSummary
+from torchdoctor.scriptrun.observations import TensorSummary
 from torchdoctor.tensors import iter_tensors, summarize
 
 

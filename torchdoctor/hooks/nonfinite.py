@@ -13,7 +13,7 @@ from torch import nn
 from torchdoctor.errors import NonFiniteError
 from torchdoctor.findings import Finding, Severity
 from torchdoctor.hooks.base import HookSet, all_finite, first_nonfinite, module_info
-from torchdoctor.observations import ModuleInfo, TensorSummary
+from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 from torchdoctor.tensors import summarize
 
 #: check id of the findings made from non-finite values (the nan-loss check's id)

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from torchdoctor.hooks.base import HookSet, call_inputs, module_info, shape_summaries
-from torchdoctor.observations import ModuleCall, ModuleInfo, TensorSummary
+from torchdoctor.scriptrun.observations import ModuleCall, ModuleInfo, TensorSummary
 
 
 @dataclass(frozen=True)

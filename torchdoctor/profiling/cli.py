@@ -48,7 +48,7 @@ def _profile_target(target: str | None, *, steps: int, data: str | None, device:
         if target in (None, "reference"):
             return profile_reference(steps=steps, data_root=data, device=device,
                                      num_workers=num_workers, trace=trace, seed=seed)
-        from torchdoctor.context import CheckOptions
+        from torchdoctor.engine.context import CheckOptions
 
         check_count("steps", steps, 1)
         check_count("limit_batches", limit_batches, 1)

@@ -28,8 +28,9 @@ def profile_reference(*, steps: int = 20, batch_size: int = 64,
     import torch
     from torch.utils.data import DataLoader
 
-    from torchdoctor import data, reference
-    from torchdoctor.state import preserved_state
+    from torchdoctor import reference
+    from torchdoctor.engine.state import preserved_state
+    from torchdoctor.reference import data
 
     check_count("steps", steps, 1)
     check_count("batch_size", batch_size, 1)

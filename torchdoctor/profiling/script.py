@@ -13,8 +13,8 @@ from torchdoctor.profiling.recording import Recording
 from torchdoctor.profiling.report import LoaderInfo, ProfileReport
 
 if TYPE_CHECKING:
-    from torchdoctor.context import CheckOptions
-    from torchdoctor.observations import ScriptRun
+    from torchdoctor.engine.context import CheckOptions
+    from torchdoctor.scriptrun.observations import ScriptRun
 
 _WHAT_PROFILE_TAKES = "profile takes a Python training script or 'reference'"
 
@@ -28,8 +28,8 @@ def profile_script(path: str | os.PathLike[str], options: CheckOptions, *,
     The phase split comes from the instrument's timings, the operators and memory from
     the profiler. Raises :class:`TargetError` when ``path`` is not a Python file.
     """
-    from torchdoctor.instrument import run_script
-    from torchdoctor.state import preserved_state
+    from torchdoctor.engine.state import preserved_state
+    from torchdoctor.scriptrun.instrument import run_script
 
     script = _script_path(path)
     check_device(options.device)

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.engine.state import preserved_state
 from torchdoctor.findings import Finding
 from torchdoctor.hooks import module_info
-from torchdoctor.reference import forward
-from torchdoctor.state import preserved_state
+from torchdoctor.reference.trainer import forward
 from torchdoctor.tensors import iter_tensors
 from torchdoctor.testing.errors import error, fail
 

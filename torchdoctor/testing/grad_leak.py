@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from torchdoctor.engine.state import preserved_state
 from torchdoctor.findings import Finding
-from torchdoctor.state import preserved_state
 from torchdoctor.testing.errors import error, fail
 from torchdoctor.testing.trial import OptimizerSpec, batch_for, make_trial, sgd
 
 if TYPE_CHECKING:
-    from torchdoctor.gradcarry import CarriedGradRecord
+    from torchdoctor.diagnoses.gradcarry import CarriedGradRecord
 
 _HINT = ("call optimizer.zero_grad() once per step, before loss.backward() (or right "
          "after optimizer.step()); with gradient accumulation, zero right after "
@@ -66,7 +66,7 @@ def _watched_steps(trial: nn.Module, opt: torch.optim.Optimizer,
     """Call ``train_step`` ``steps`` times under a gradient-carry detector; (whether
     ``opt.step()`` ran, the detector's records). Its hooks are removed before returning."""
     __tracebackhide__ = True  # an exception of train_step shows the user's frames only
-    from torchdoctor.gradcarry import GradCarryDetector
+    from torchdoctor.diagnoses.gradcarry import GradCarryDetector
 
     names = {id(p): n for n, p in trial.named_parameters()}
     detector = GradCarryDetector(name_of=lambda p: names.get(id(p), "parameter"))

@@ -13,7 +13,7 @@ from torchdoctor.testing.errors import fail
 from torchdoctor.testing.trial import LossFn, OptimizerFactory
 
 if TYPE_CHECKING:
-    from torchdoctor.context import CheckOptions
+    from torchdoctor.engine.context import CheckOptions
 
 
 def assert_report_ok(report: Report, *, strict: bool = False) -> Report:
@@ -45,7 +45,7 @@ def assert_healthy(model: nn.Module, *, select: Sequence[str] | None = None,
     Adam 1e-3). ``select``/``ignore`` take check ids. Returns the report.
     """
     __tracebackhide__ = True
-    from torchdoctor.runner import diagnose_model
+    from torchdoctor.engine.runner import diagnose_model
 
     report = diagnose_model(model, batch=batch, loss_fn=loss_fn,
                             optimizer_factory=optimizer_factory, options=options,

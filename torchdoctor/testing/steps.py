@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchdoctor.findings import Finding
-from torchdoctor.reference import forward
+from torchdoctor.reference.trainer import forward
 from torchdoctor.testing.describe import shape_text, where
 from torchdoctor.testing.errors import error
 from torchdoctor.testing.trial import (

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.engine.state import preserved_state
 from torchdoctor.findings import Finding
-from torchdoctor.reference import forward, train_steps
-from torchdoctor.state import preserved_state
+from torchdoctor.reference.trainer import forward, train_steps
 from torchdoctor.testing.errors import error, fail
 from torchdoctor.testing.steps import one_step, stale_findings
 from torchdoctor.testing.trial import (
@@ -57,7 +57,7 @@ def assert_params_update(model: nn.Module, batch: Any, loss_fn: LossFn | None = 
 
 
 def _default_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    from torchdoctor.data import reference_batch
+    from torchdoctor.reference.data import reference_batch
 
     inputs, targets, _kind = reference_batch(32)
     return inputs, targets

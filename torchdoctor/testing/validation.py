@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.engine.state import preserved_state
 from torchdoctor.errors import DiagnosisError
-from torchdoctor.reference import forward
-from torchdoctor.state import preserved_state
+from torchdoctor.reference.trainer import forward
 from torchdoctor.testing.errors import fail_from_diagnosis
 
 

@@ -9,7 +9,7 @@ import torch
 
 from torchdoctor.errors import BatchError
 from torchdoctor.findings import Finding, Severity
-from torchdoctor.observations import TensorSummary
+from torchdoctor.scriptrun.observations import TensorSummary
 from torchdoctor.tensors import first_tensor, summarize
 from torchdoctor.validators.common import (
     BATCH_CHECK,

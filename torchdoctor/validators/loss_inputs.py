@@ -16,7 +16,7 @@ from torch import nn
 
 from torchdoctor.errors import LossInputError, ShapeError
 from torchdoctor.findings import Finding
-from torchdoctor.observations import TensorSummary
+from torchdoctor.scriptrun.observations import TensorSummary
 from torchdoctor.tensors import summarize
 from torchdoctor.validators.common import ERROR, LOSS_CHECK, conclude
 from torchdoctor.validators.loss_rules import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from torchdoctor.findings import Severity
-from torchdoctor.observations import TensorSummary
+from torchdoctor.scriptrun.observations import TensorSummary
 from torchdoctor.validators.common import (
     ERROR,
     LABELS_FROM_ONE_HINT,

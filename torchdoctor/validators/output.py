@@ -14,7 +14,7 @@ from torchdoctor.errors import ShapeError
 from torchdoctor.findings import Finding
 from torchdoctor.hooks.replica import cuda_indices
 from torchdoctor.hooks.shapes import ShapeRecord, ShapeTracer
-from torchdoctor.observations import ModuleInfo
+from torchdoctor.scriptrun.observations import ModuleInfo
 from torchdoctor.tensors import first_tensor
 from torchdoctor.validators.common import (
     ERROR,

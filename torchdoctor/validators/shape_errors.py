@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
-from torchdoctor.observations import ModuleInfo, TensorSummary
+from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 from torchdoctor.validators.common import SPLIT_SAMPLES_HINT, format_shape
 
 _MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from torchdoctor.findings import CheckResult, Finding, Outcome, Report, outcome_for
-from torchdoctor.monitor_policy import KINDS
+from torchdoctor.monitor.policy import KINDS
 
 
 @dataclass

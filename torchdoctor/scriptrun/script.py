@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchdoctor.budget import StopRun
-from torchdoctor.callsite import display_path, is_user_file, user_frame_of_traceback
-from torchdoctor.context import CheckOptions
+from torchdoctor.engine.context import CheckOptions
 from torchdoctor.errors import TargetError
-from torchdoctor.instrument import Instrumentation
-from torchdoctor.observations import (
+from torchdoctor.scriptrun.budget import StopRun
+from torchdoctor.scriptrun.callsite import display_path, is_user_file, user_frame_of_traceback
+from torchdoctor.scriptrun.instrument import Instrumentation
+from torchdoctor.scriptrun.observations import (
     CodeLocation,
     ErrorRecord,
     RunStatus,

@@ -12,7 +12,7 @@ import sysconfig
 import types
 from functools import lru_cache
 
-from torchdoctor.observations import CodeLocation
+from torchdoctor.scriptrun.observations import CodeLocation
 
 
 @lru_cache(maxsize=1)

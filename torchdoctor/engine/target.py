@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torchdoctor.context import ModelCandidate
+from torchdoctor.engine.context import ModelCandidate
 from torchdoctor.errors import TargetError
 
 _MODULE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -80,7 +80,7 @@ def _import_module(name: str) -> types.ModuleType:
 
 
 def _import_file(path: Path) -> types.ModuleType:
-    from torchdoctor.script import compile_file
+    from torchdoctor.scriptrun.script import compile_file
 
     code = compile_file(path.resolve())
     module = types.ModuleType(f"torchdoctor_target_{path.stem}")

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import torch
 from torch import nn
 
-from torchdoctor.data import SYNTHETIC, data_root, load_fashion_mnist
-from torchdoctor.reference import (
+from torchdoctor.reference.data import SYNTHETIC, data_root, load_fashion_mnist
+from torchdoctor.reference.trainer import (
     EPOCH_HEADERS,
     REFERENCE_BATCH_SIZE,
     REFERENCE_LR,
@@ -98,7 +98,7 @@ def _loaders(data: str | None, batch_size: int,
              seed: int) -> tuple[DataLoader[Any], DataLoader[Any], str]:
     from torch.utils.data import DataLoader
 
-    from torchdoctor.data import dataset_kind
+    from torchdoctor.reference.data import dataset_kind
 
     train_set = load_fashion_mnist(train=True, root=data)
     test_set = load_fashion_mnist(train=False, root=data)
@@ -143,7 +143,7 @@ def run_reference_cli(*, epochs: int, data: str | None, batch_size: int = REFERE
     problem = _input_problem(epochs, data, batch_size, lr, fmt, limit_batches, device)
     if problem is not None:
         return _fail(problem)
-    from torchdoctor.state import preserved_state
+    from torchdoctor.engine.state import preserved_state
 
     with preserved_state():  # seeding and model init must not leak into a caller's process
         torch.manual_seed(seed)

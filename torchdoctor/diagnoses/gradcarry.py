@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from torchdoctor.observations import CarriedGradRecord, CodeLocation
+from torchdoctor.scriptrun.observations import CarriedGradRecord, CodeLocation
 
 
 @dataclass

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchdoctor.budget import LimitedIterator, PhaseTimer, StepBudget
-from torchdoctor.callsite import user_callsite
-from torchdoctor.context import CheckOptions
-from torchdoctor.gradcarry import GradCarryDetector
-from torchdoctor.observations import (
+from torchdoctor.diagnoses.gradcarry import GradCarryDetector
+from torchdoctor.engine.context import CheckOptions
+from torchdoctor.scriptrun.budget import LimitedIterator, PhaseTimer, StepBudget
+from torchdoctor.scriptrun.callsite import user_callsite
+from torchdoctor.scriptrun.observations import (
     BackwardRecord,
     ForwardRecord,
     LossRecord,
@@ -337,7 +337,7 @@ class Instrumentation:
             self._replay(record, self.run.forwards[-1].model)
 
     def _replay(self, record: NonFiniteRecord, model_index: int) -> None:
-        from torchdoctor.nonfinite_replay import replay_forward
+        from torchdoctor.diagnoses.nonfinite_replay import replay_forward
 
         inputs = self._last_inputs.get(model_index)
         if inputs is None:
@@ -421,7 +421,7 @@ class Instrumentation:
 
     def _note_synthetic(self, loader: DataLoader) -> None:
         """Mark the report when the script trains on torchdoctor's synthetic stand-in."""
-        data_module = sys.modules.get("torchdoctor.data")
+        data_module = sys.modules.get("torchdoctor.reference.data")
         if data_module is None:
             return
         try:
@@ -447,6 +447,6 @@ def _learning_rate(optimizer: torch.optim.Optimizer) -> float | None:
 
 def run_script(path: Any, options: CheckOptions, *, argv: list[str] | None = None) -> Any:
     """Run a user's file under instrumentation: see :func:`torchdoctor.script.run_script`."""
-    from torchdoctor.script import run_script as run
+    from torchdoctor.scriptrun.script import run_script as run
 
     return run(path, options, argv=argv)

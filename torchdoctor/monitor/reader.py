@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 
 from torchdoctor.findings import Finding
-from torchdoctor.monitor_analysis import (
+from torchdoctor.monitor.analysis import (
     GradientNorms,
     LossTrend,
     NonFiniteEvent,
@@ -15,8 +15,8 @@ from torchdoctor.monitor_analysis import (
     no_gradient_finding,
     ratio_findings,
 )
-from torchdoctor.monitor_report import History
-from torchdoctor.monitor_stats import ParamLayout, Window
+from torchdoctor.monitor.report import History
+from torchdoctor.monitor.stats import ParamLayout, Window
 
 #: called with the first NaN/inf of the watch; returns its findings (localised)
 OnNonFinite = Callable[[NonFiniteEvent, Window], list[Finding]]

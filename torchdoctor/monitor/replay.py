@@ -14,8 +14,8 @@ from typing import Any
 from torch import nn
 
 from torchdoctor.findings import Finding, Severity
-from torchdoctor.monitor_analysis import NonFiniteEvent, nonfinite_finding
-from torchdoctor.monitor_stats import Window
+from torchdoctor.monitor.analysis import NonFiniteEvent, nonfinite_finding
+from torchdoctor.monitor.stats import Window
 
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 

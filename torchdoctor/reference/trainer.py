@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from torchdoctor.data import reference_batch
+from torchdoctor.reference.data import reference_batch
 from torchdoctor.tensors import to_device
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from torchdoctor.context import CheckOptions, TrainingSetup
+    from torchdoctor.engine.context import CheckOptions, TrainingSetup
 
 #: progress callback of :func:`train_epoch`: (batches done, batches in total, last loss)
 Progress = Callable[[int, int, float], None]
@@ -233,7 +233,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 def reference_setup(options: CheckOptions) -> TrainingSetup:
     """The checks' default training setup: a FashionMNIST batch of 64 (seeded by
     ``options.seed``, from ``options.data_root``), CrossEntropyLoss and Adam 1e-3."""
-    from torchdoctor.context import TrainingSetup
+    from torchdoctor.engine.context import TrainingSetup
 
     inputs, targets, kind = reference_batch(REFERENCE_BATCH_SIZE, root=options.data_root,
                                             seed=options.seed)

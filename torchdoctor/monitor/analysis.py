@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from statistics import fmean
 
 from torchdoctor.findings import Finding, Severity
-from torchdoctor.monitor_stats import ParamLayout, Window
-from torchdoctor.observations import CarriedGradRecord
+from torchdoctor.monitor.stats import ParamLayout, Window
+from torchdoctor.scriptrun.observations import CarriedGradRecord
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,16 @@ from types import ModuleType
 from typing import Any
 
 from torchdoctor.check import Check, SkipCheck
-from torchdoctor.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.state import preserved_state
+from torchdoctor.engine.target import (
+    Target,
+    discover_candidates,
+    import_target_module,
+    named_candidate,
+    parse_target,
+    script_candidates,
+)
 from torchdoctor.errors import TargetError, UsageError
 from torchdoctor.findings import (
     TARGET_CHECK_ID,
@@ -25,17 +34,8 @@ from torchdoctor.findings import (
     Severity,
     outcome_for,
 )
-from torchdoctor.observations import RunStatus, ScriptRun
 from torchdoctor.plugins import collect_checks, make_plugin_manager, register_user_module
-from torchdoctor.state import preserved_state
-from torchdoctor.target import (
-    Target,
-    discover_candidates,
-    import_target_module,
-    named_candidate,
-    parse_target,
-    script_candidates,
-)
+from torchdoctor.scriptrun.observations import RunStatus, ScriptRun
 
 
 def select_checks(classes: Sequence[type[Check]], select: Sequence[str] | None,
@@ -146,7 +146,7 @@ class Diagnosis:
             return self._prepare_object(parsed)
 
     def _prepare_script(self, parsed: Target) -> CheckContext:
-        from torchdoctor.script import run_script
+        from torchdoctor.scriptrun.script import run_script
 
         assert parsed.path is not None
         result = run_script(parsed.path, self.options, argv=list(self.options.script_args))
@@ -233,7 +233,7 @@ def training_setup(options: CheckOptions, *, batch: Callable[[], Any] | None = N
                    batch_source: str = "batch given") -> TrainingSetup:
     """The reference setup; with ``batch``, the reference data is never loaded (no
     FashionMNIST read, no synthetic-data notice for a model that does not use it)."""
-    from torchdoctor.reference import reference_loss, reference_optimizer, reference_setup
+    from torchdoctor.reference.trainer import reference_loss, reference_optimizer, reference_setup
 
     if batch is None:
         return reference_setup(options)

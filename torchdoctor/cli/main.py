@@ -161,8 +161,8 @@ def cmd_list_checks(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``torchdoctor check TARGET...``."""
-    from torchdoctor.context import CheckOptions
-    from torchdoctor.progress import Progress
+    from torchdoctor.cli.progress import Progress
+    from torchdoctor.engine.context import CheckOptions
 
     options = CheckOptions(device=_checked_device(args.device), seed=args.seed,
                            limit_batches=args.limit_batches, max_steps=args.max_steps,
@@ -189,8 +189,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _check_one(target: str, options: object, args: argparse.Namespace,
                progress: object) -> Report | None:
     """Diagnose one target; a bad target prints one message and gives None."""
+    from torchdoctor.engine.runner import Diagnosis
     from torchdoctor.errors import TargetError
-    from torchdoctor.runner import Diagnosis
 
     try:
         with Diagnosis(target, options, select=args.select,  # type: ignore[arg-type]
@@ -252,7 +252,7 @@ def _checked_device(device: str) -> str:
 
 def cmd_reference(args: argparse.Namespace) -> int:
     """``torchdoctor reference``: train the bundled FashionMNIST reference."""
-    from torchdoctor.reference_cli import run_reference_cli
+    from torchdoctor.cli.reference import run_reference_cli
 
     return run_reference_cli(epochs=args.epochs, data=args.data, batch_size=args.batch_size,
                              lr=args.lr, seed=args.seed, device=args.device, quiet=args.quiet,

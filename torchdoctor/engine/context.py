@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from torchdoctor.observations import ScriptRun
+from torchdoctor.scriptrun.observations import ScriptRun
 
 if TYPE_CHECKING:
     import torch

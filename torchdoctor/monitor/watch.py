@@ -27,14 +27,14 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses.gradcarry import GradCarryDetector
 from torchdoctor.findings import Finding, Report
-from torchdoctor.gradcarry import GradCarryDetector
-from torchdoctor.monitor_analysis import (
+from torchdoctor.monitor.analysis import (
     NonFiniteEvent,
     Thresholds,
     carry_findings,
 )
-from torchdoctor.monitor_hooks import (
+from torchdoctor.monitor.hooks import (
     all_reduce_sum,
     forward_hook,
     is_distributed,
@@ -42,17 +42,17 @@ from torchdoctor.monitor_hooks import (
     step_hook,
     unwrap,
 )
-from torchdoctor.monitor_modes import ModeWatch, not_in_optimizer
-from torchdoctor.monitor_policy import KINDS, Policy, PolicySpec, TorchDoctorWarning
-from torchdoctor.monitor_reader import WindowReader
-from torchdoctor.monitor_replay import nonfinite_findings, replay
-from torchdoctor.monitor_report import (
+from torchdoctor.monitor.modes import ModeWatch, not_in_optimizer
+from torchdoctor.monitor.policy import KINDS, Policy, PolicySpec, TorchDoctorWarning
+from torchdoctor.monitor.reader import WindowReader
+from torchdoctor.monitor.replay import nonfinite_findings, replay
+from torchdoctor.monitor.report import (
     WatchStats,
     build_report,
     skipped_reasons,
     watch_notes,
 )
-from torchdoctor.monitor_stats import DeviceStats, ParamLayout, Window
+from torchdoctor.monitor.stats import DeviceStats, ParamLayout, Window
 
 __all__ = ["KINDS", "Thresholds", "TorchDoctorWarning", "Watch", "WatchStats", "watch"]
 
