@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torchdoctor.check import Check, SkipCheck
+from torchdoctor.check import Check
 from torchdoctor.findings import Finding
 
 from ._device_mismatch_impl import (
@@ -27,7 +27,7 @@ from ._device_mismatch_impl import (
 
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckContext, ModelCandidate
-    from torchdoctor.scriptrun.observations import ModuleCall, ScriptRun
+    from torchdoctor.scriptrun.observations import ErrorRecord, ModuleCall, ScriptRun
 
 _CUDA = "works on CPU, crashes on CUDA"
 _MOVE_HINT = ("move the model once after building it, model.to(device), and every batch "
@@ -42,33 +42,22 @@ class DeviceMismatchCheck(Check):
     summary = ("tensors on different devices: the crash, and fixed-device tensors or "
                "unregistered tensors/modules that only fail on a GPU")
 
-    def run(self, ctx: CheckContext) -> list[Finding]:
-        """The script's crash, then a static and a meta-device look at each model."""
-        if not ctx.modes:
-            raise SkipCheck("no script run and no model to check")
-        findings: list[Finding] = []
-        if ctx.run is not None:
-            findings.extend(self._crash(ctx.run))
-        if "model" in ctx.modes:
-            for candidate in ctx.models:
-                findings.extend(self._model(ctx, candidate))
-        return findings
-
     # -- script mode -------------------------------------------------------------------
-    def _crash(self, run: ScriptRun) -> list[Finding]:
-        error = run.error
-        parsed = parse_device_error(error.message) if error is not None else None
-        if error is None or parsed is None:
-            return []
+    def explain_crash(self, error: ErrorRecord, run: ScriptRun) -> Finding | None:
+        """A device mix that ended the script, with the module that was running."""
+        parsed = parse_device_error(error.message)
+        if parsed is None:
+            return None
         call = error.module_stack[-1] if error.module_stack else None
         message = _crash_message(parsed, call, error.message.splitlines()[0])
         if call is not None and error.location is not None:
             message += f" (raised at {error.location})"
         location = call.module.describe() if call is not None else error.location
-        return [self.error(message, location=location, hint=_MOVE_HINT, explains_crash=True)]
+        return self.error(message, location=location, hint=_MOVE_HINT, explains_crash=True)
 
     # -- model mode --------------------------------------------------------------------
-    def _model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
+    def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
+        """A static look for stray tensors and modules, then a copy run on ``meta``."""
         from torchdoctor.reference.trainer import forward
 
         model = ctx.fresh_model(candidate)

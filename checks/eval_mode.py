@@ -20,12 +20,12 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
-from torchdoctor.check import Check, SkipCheck
+from torchdoctor.check import Check
 from torchdoctor.findings import Finding
 from torchdoctor.scriptrun.observations import ForwardRecord, ObservedModel, RunStatus, ScriptRun
 
 if TYPE_CHECKING:
-    from torchdoctor.engine.context import CheckContext
+    from torchdoctor.engine.context import CheckContext, ModelCandidate
 
 _EVAL_HINT = ("call `model.eval()` before the evaluation loop (and `model.train()` "
               "before training again), and evaluate under `with torch.no_grad():`")
@@ -40,23 +40,18 @@ class EvalModeCheck(Check):
     id = "eval-mode"
     summary = "evaluation in training mode, training in eval mode, randomness in eval()"
 
-    def run(self, ctx: CheckContext) -> list[Finding]:
-        """Script mode from the recorded forwards, model mode on a copy in eval()."""
-        if not ctx.modes:
-            raise SkipCheck("no script run and no model to examine")
-        findings: list[Finding] = []
-        if ctx.run is not None:
-            for observed in ctx.run.models:
-                findings.extend(self._script_findings(ctx.run, observed))
-        if "model" in ctx.modes:
-            from ._eval_mode_impl import eval_nondeterminism
+    def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
+        """Mode misuse in the forwards the run recorded, model by model."""
+        return [f for observed in run.models for f in self._script_findings(run, observed)]
 
-            for candidate in ctx.models:
-                found = eval_nondeterminism(ctx, candidate)
-                if found is not None:
-                    findings.append(self.error(found.message, location=found.location,
-                                               hint=found.hint))
-        return list(dict.fromkeys(findings))  # two instances of one model say it once
+    def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
+        """A copy in eval() run twice on one batch must give the same output."""
+        from ._eval_mode_impl import eval_nondeterminism
+
+        found = eval_nondeterminism(ctx, candidate)
+        if found is None:
+            return []
+        return [self.error(found.message, location=found.location, hint=found.hint)]
 
     def _script_findings(self, run: ScriptRun, observed: ObservedModel) -> list[Finding]:
         forwards = _settled_forwards(run, run.forwards_of(observed.index))

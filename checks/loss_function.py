@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from torchdoctor.check import Check, SkipCheck
+from torchdoctor.check import Check
 from torchdoctor.findings import Finding, Severity
 from torchdoctor.scriptrun.observations import TensorSummary
 
@@ -24,7 +24,7 @@ from ._loss_function_impl import NEEDS_STRUCTURE, FinalActivation, LossProblem
 
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckContext, ModelCandidate
-    from torchdoctor.scriptrun.observations import LossRecord, ScriptRun
+    from torchdoctor.scriptrun.observations import ErrorRecord, LossRecord, ScriptRun
 
 
 class LossFunctionCheck(Check):
@@ -33,31 +33,30 @@ class LossFunctionCheck(Check):
     id = "loss-function"
     summary = "softmax before CrossEntropyLoss, sigmoid before BCEWithLogitsLoss, bad targets"
 
-    def run(self, ctx: CheckContext) -> list[Finding]:
-        """Script-mode loss records and crash, then model mode on copies."""
-        if not ctx.modes:
-            raise SkipCheck("no script run and no model to examine")
-        findings: list[Finding] = []
-        kinds: set[str] = set()
-        if ctx.run is not None:
-            findings += self._crash_findings(ctx.run, kinds)
-            findings += self._record_findings(ctx, ctx.run, kinds)
-        if "model" in ctx.modes and not _script_knows_loss(ctx):
-            for candidate in ctx.models:
-                findings += self._model_findings(ctx, candidate, kinds)
-        return findings
-
-    def _crash_findings(self, run: ScriptRun, kinds: set[str]) -> list[Finding]:
+    def explain_crash(self, error: ErrorRecord, run: ScriptRun) -> Finding | None:
+        """A loss call that crashed the script (wrong target dtype, range...)."""
         from ._loss_function_impl import crash_problem
 
-        crash = crash_problem(run.error) if run.error is not None else None
-        if crash is None or run.error is None:
-            return []
-        kinds.add(crash.kind)
-        first_line = run.error.message.splitlines()[0] if run.error.message else ""
-        return [self.error(f"{crash.message}: the script raised {run.error.type_name}: "
-                           f"{first_line}", location=run.error.location or run.path,
-                           hint=crash.hint, explains_crash=True)]
+        crash = crash_problem(error)
+        if crash is None:
+            return None
+        first_line = error.message.splitlines()[0] if error.message else ""
+        return self.error(f"{crash.message}: the script raised {error.type_name}: "
+                          f"{first_line}", location=error.location or run.path,
+                          hint=crash.hint, explains_crash=True)
+
+    def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
+        """The problems of the loss calls the script made, one finding per kind."""
+        return self._record_findings(ctx, run, _crash_kinds(run))
+
+    def wants_models(self, ctx: CheckContext, script_findings: list[Finding]) -> bool:
+        """Model copies only when the script did not run its own loss."""
+        return not _script_knows_loss(ctx)
+
+    def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
+        """The problems of a copy's output as input to the setup's loss."""
+        kinds = _crash_kinds(ctx.run) if ctx.run is not None else set()
+        return self._model_findings(ctx, candidate, kinds)
 
     def _record_findings(self, ctx: CheckContext, run: ScriptRun,
                          kinds: set[str]) -> list[Finding]:
@@ -97,6 +96,14 @@ class LossFunctionCheck(Check):
         if problem.severity is Severity.WARNING:
             return self.warning(message, location=location, hint=problem.hint)
         return self.info(message, location=location, hint=problem.hint)
+
+
+def _crash_kinds(run: ScriptRun) -> set[str]:
+    """The kind of loss problem that crashed the script, so it is said once."""
+    from ._loss_function_impl import crash_problem
+
+    crash = crash_problem(run.error) if run.error is not None else None
+    return {crash.kind} if crash is not None else set()
 
 
 def _script_knows_loss(ctx: CheckContext) -> bool:

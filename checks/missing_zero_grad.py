@@ -15,14 +15,14 @@ needs script mode.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
-from torchdoctor.check import Check, SkipCheck
+from torchdoctor.check import Check
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckContext
-    from torchdoctor.scriptrun.observations import CarriedGradRecord
+    from torchdoctor.scriptrun.observations import CarriedGradRecord, ScriptRun
 
 #: parameter names quoted in a message before "and N more"
 _SHOWN_PARAMS = 3
@@ -33,14 +33,10 @@ class MissingZeroGradCheck(Check):
 
     id = "missing-zero-grad"
     summary = "gradients carried over between optimizer steps (zero_grad missing or misdirected)"
-    modes: ClassVar[frozenset[str]] = frozenset({"script"})
-
-    def run(self, ctx: CheckContext) -> list[Finding]:
+    def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
         """One error per optimizer whose gradients were carried over (its first carry)."""
-        if ctx.run is None:
-            raise SkipCheck("needs a training script: run a file, not a model")
         first: dict[int, CarriedGradRecord] = {}
-        for record in ctx.run.carried_grads:
+        for record in run.carried_grads:
             first.setdefault(record.optimizer, record)
         return [self._finding(record) for record in first.values()]
 

@@ -53,20 +53,9 @@ class NanLossCheck(Check):
     id = "nan-loss"
     summary = "loss, gradients or weights become NaN/inf: where it starts and why"
 
-    def run(self, ctx: CheckContext) -> list[Finding]:
-        """Script mode first; model mode only when the script showed no NaN/inf."""
-        if ctx.run is None and "model" not in ctx.modes:
-            raise SkipCheck("no script run and no model to train")
-        findings = self._script(ctx.run) if ctx.run is not None else []
-        if findings or "model" not in ctx.modes:
-            return findings
-        findings, failures = self._models(ctx)
-        if ctx.run is None and len(failures) == len(ctx.models):
-            raise SkipCheck("could not train a copy: " + "; ".join(failures))
-        return findings
-
     # -- script mode --------------------------------------------------------------
-    def _script(self, run: ScriptRun) -> list[Finding]:
+    def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
+        """The first non-finite loss, gradient or weight the run recorded."""
         if not run.nonfinite:
             return []
         record = run.nonfinite[0]
@@ -75,21 +64,21 @@ class NanLossCheck(Check):
         return [self._finding(evidence, location)]
 
     # -- model mode ---------------------------------------------------------------
-    def _models(self, ctx: CheckContext) -> tuple[list[Finding], list[str]]:
-        """Findings of the candidates trained, and why the others could not be."""
-        findings: list[Finding] = []
-        failures: list[str] = []
-        for candidate in ctx.models:
-            try:
-                evidence = _probe(ctx, candidate)
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                # a model the setup cannot train is another check's finding
-                failures.append(f"{candidate.name}: {type(exc).__name__}: {exc}")
-                continue
-            if evidence is not None:
-                location = f"{candidate.name}: {evidence.where or candidate.origin}"
-                findings.append(self._finding(evidence, location, f"{candidate.name}: "))
-        return findings, failures
+    def wants_models(self, ctx: CheckContext, script_findings: list[Finding]) -> bool:
+        """Train copies only when the script showed no NaN/inf."""
+        return not script_findings
+
+    def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
+        """Train a copy for a few steps and look for the first NaN/inf."""
+        try:
+            evidence = _probe(ctx, candidate)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            # a model the setup cannot train is another check's finding
+            raise SkipCheck(f"could not train a copy: {type(exc).__name__}: {exc}") from exc
+        if evidence is None:
+            return []
+        location = f"{candidate.name}: {evidence.where or candidate.origin}"
+        return [self._finding(evidence, location, f"{candidate.name}: ")]
 
     def _finding(self, evidence: Evidence, location: object, prefix: str = "") -> Finding:
         from ._nan_loss_causes import classify

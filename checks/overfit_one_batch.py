@@ -19,7 +19,7 @@ from torchdoctor.check import Check, SkipCheck
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
-    from torchdoctor.engine.context import CheckContext
+    from torchdoctor.engine.context import CheckContext, ModelCandidate
 
     from ._overfit_one_batch_impl import Anatomy, Examination, Fit
 
@@ -35,25 +35,15 @@ class OverfitOneBatchCheck(Check):
 
     id = "overfit-one-batch"
     summary = "a copy must fit one batch: no gradient, frozen, not in optimizer, tiny lr..."
-    modes = frozenset({"model"})
 
-    def run(self, ctx: CheckContext) -> list[Finding]:
-        """Examine and train a copy of every model candidate."""
+    def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
+        """Examine and train a copy of the candidate on one batch."""
         from ._overfit_one_batch_impl import examine
 
-        if "model" not in ctx.modes:
-            raise SkipCheck("no model to train")
-        budget = min(BUDGET_SECONDS, ctx.options.timeout / 4)
-        findings: list[Finding] = []
-        examined = 0
-        for candidate in ctx.models:
-            found = examine(ctx, candidate, budget)
-            if found is not None:
-                examined += 1
-                findings += _Verdict(self, candidate.name, found).findings()
-        if not examined:
+        found = examine(ctx, candidate, min(BUDGET_SECONDS, ctx.options.timeout / 4))
+        if found is None:
             raise SkipCheck("the batch does not run through the model (see shape-mismatch)")
-        return findings
+        return _Verdict(self, candidate.name, found).findings()
 
 
 class _Verdict:

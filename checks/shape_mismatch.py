@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from torchdoctor.check import Check, SkipCheck
+from torchdoctor.check import Check
 from torchdoctor.findings import Finding
 
 from ._shape_mismatch_impl import (
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from torchdoctor.engine.context import CheckContext, ModelCandidate, TrainingSetup
-    from torchdoctor.scriptrun.observations import ModuleCall, ScriptRun
+    from torchdoctor.scriptrun.observations import ErrorRecord, ModuleCall, ScriptRun
 
 _BATCH_HOOK_HINT = " (if the model takes other inputs, define torchdoctor_batch() in your file)"
 
@@ -39,34 +39,23 @@ class ShapeMismatchCheck(Check):
     id = "shape-mismatch"
     summary = "layers fed the wrong shape; prediction and target broadcasting in the loss"
 
-    def run(self, ctx: CheckContext) -> list[Finding]:
-        """Script-mode crash and loss records, then a traced forward of each model."""
-        if not ctx.modes:
-            raise SkipCheck("no script run and no model to check")
-        findings: list[Finding] = []
-        if ctx.run is not None:
-            findings.extend(self._crash(ctx.run))
-            findings.extend(self._loss_broadcasts(ctx.run))
-        if "model" in ctx.modes:
-            for candidate in ctx.models:
-                findings.extend(self._model(ctx, candidate, findings))
-        return findings
-
     # -- script mode -------------------------------------------------------------------
-    def _crash(self, run: ScriptRun) -> list[Finding]:
-        error = run.error
-        if error is None:
-            return []
+    def explain_crash(self, error: ErrorRecord, run: ScriptRun) -> Finding | None:
+        """A shape error that ended the script, pinned to the module that raised."""
         call = error.module_stack[-1] if error.module_stack else None
         module = call.module if call else None
         explained = explain_shape_error(error.message, module, call.inputs if call else ())
         if explained is None:
-            return []
+            return None
         message, hint = explained
         if module is not None and error.location is not None:
             message += f" (raised at {error.location})"
         location = module.describe() if module is not None else error.location
-        return [self.error(message, location=location, hint=hint, explains_crash=True)]
+        return self.error(message, location=location, hint=hint, explains_crash=True)
+
+    def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
+        """Prediction and target broadcasting against each other in the loss calls."""
+        return self._loss_broadcasts(run)
 
     def _loss_broadcasts(self, run: ScriptRun) -> list[Finding]:
         found: list[Finding] = []
@@ -89,8 +78,8 @@ class ShapeMismatchCheck(Check):
         return found
 
     # -- model mode --------------------------------------------------------------------
-    def _model(self, ctx: CheckContext, candidate: ModelCandidate,
-               earlier: list[Finding]) -> list[Finding]:
+    def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
+        """A traced forward of a copy on the setup's batch, then the loss on its output."""
         import torch
 
         from torchdoctor.hooks import ShapeTracer
@@ -98,6 +87,8 @@ class ShapeMismatchCheck(Check):
         setup = ctx.training_setup()
         if not _model_mode_applies(ctx, "batch"):
             return []
+        # what script mode already said, so a model copy does not say it twice
+        earlier = ctx.crash_explanations + (self._loss_broadcasts(ctx.run) if ctx.run else [])
         model = ctx.fresh_model(candidate)
         inputs, targets = setup.batch(ctx.options.device)
         tracer = ShapeTracer(model)

@@ -143,7 +143,7 @@ def test_crash_from_cuda_messages_without_module() -> None:
                "devices, cuda:0 and cpu! (when checking argument for argument target)")
     error = ErrorRecord("RuntimeError", message, CodeLocation("train.py", 40))
     run = ScriptRun("train.py", status=RunStatus.CRASHED, error=error)
-    found = DeviceMismatchCheck().run(CheckContext("train.py", CheckOptions(), run=run))
+    found = [DeviceMismatchCheck().explain_crash(error, run)]
     assert [f.location for f in found] == ["train.py:40"]
     assert "cuda:0 and cpu" in found[0].message and found[0].explains_crash
 
@@ -156,7 +156,7 @@ def test_conv_type_error_names_the_layer() -> None:
                "tensor")
     error = ErrorRecord("RuntimeError", message, CodeLocation("train.py", 12), [call])
     run = ScriptRun("train.py", status=RunStatus.CRASHED, error=error)
-    found = DeviceMismatchCheck().run(CheckContext("train.py", CheckOptions(), run=run))
+    found = [DeviceMismatchCheck().explain_crash(error, run)]
     assert found[0].location == conv.describe()
     assert "features.0 got its input on cpu but its weights are on cuda" in found[0].message
 

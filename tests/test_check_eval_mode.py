@@ -6,15 +6,13 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 
-from torchdoctor.check import SkipCheck
 from torchdoctor.checks.eval_mode import EvalModeCheck
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
-from torchdoctor.engine.runner import diagnose
-from torchdoctor.findings import Finding, Report, Severity
+from torchdoctor.engine.runner import diagnose, run_one_check
+from torchdoctor.findings import Finding, Outcome, Report, Severity
 from torchdoctor.reference.trainer import reference_loss, reference_optimizer
 from torchdoctor.scriptrun.observations import (
     CodeLocation,
@@ -262,5 +260,5 @@ def test_trained_in_eval_mode_from_the_start() -> None:
 
 
 def test_nothing_to_examine_is_skipped() -> None:
-    with pytest.raises(SkipCheck):
-        EvalModeCheck().run(CheckContext("t", CheckOptions()))
+    result = run_one_check(EvalModeCheck(), CheckContext("t", CheckOptions()))
+    assert result.outcome is Outcome.SKIPPED

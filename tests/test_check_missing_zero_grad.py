@@ -8,13 +8,10 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import pytest
-
-from torchdoctor.check import SkipCheck
 from torchdoctor.checks.missing_zero_grad import MissingZeroGradCheck
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate
-from torchdoctor.engine.runner import diagnose
-from torchdoctor.findings import Finding, Report, Severity
+from torchdoctor.engine.runner import diagnose, run_one_check
+from torchdoctor.findings import Finding, Outcome, Report, Severity
 from torchdoctor.scriptrun.observations import CarriedGradRecord, CodeLocation, ScriptRun
 
 CHECK = "missing-zero-grad"
@@ -169,5 +166,5 @@ def test_one_finding_per_optimizer_naming_the_second_one() -> None:
 def test_model_mode_is_skipped() -> None:
     ctx = CheckContext("x.py::Net", CheckOptions(), models=[
         ModelCandidate("Net", "x.py", lambda: None)])  # type: ignore[arg-type,return-value]
-    with pytest.raises(SkipCheck, match="needs a training script"):
-        MissingZeroGradCheck().run(ctx)
+    result = run_one_check(MissingZeroGradCheck(), ctx)
+    assert result.outcome is Outcome.SKIPPED and "needs script mode" in result.detail

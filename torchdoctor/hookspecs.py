@@ -29,6 +29,19 @@ def torchdoctor_checks() -> list[type]:
 
 
 @hookspec(firstresult=True)
+def torchdoctor_explain_crash(error: Any, run: Any) -> Any:
+    """Return a :class:`~torchdoctor.findings.Finding` (``explains_crash=True``) that
+    explains ``error``, the :class:`~torchdoctor.scriptrun.observations.ErrorRecord`
+    that ended the user's script run ``run``, or None when its cause is not yours.
+
+    Every check instance is registered for this hook (see
+    :meth:`torchdoctor.check.Check.explain_crash`); the first answer wins, so one crash
+    gets one explanation, owned by one check.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
 def torchdoctor_model() -> Any:
     """Return a new instance of the model to diagnose (called once per copy needed)."""
     raise NotImplementedError

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from torchdoctor.findings import Finding
 from torchdoctor.scriptrun.observations import ScriptRun
 
 if TYPE_CHECKING:
@@ -89,6 +90,9 @@ class CheckContext:
     setup: TrainingSetup | None = None
     run: ScriptRun | None = None
     models: list[ModelCandidate] = field(default_factory=list)
+    #: the finding that explains the crash which ended the script (at most one, from
+    #: the first check whose ``explain_crash`` recognised it); each check reports its own
+    crash_explanations: list[Finding] = field(default_factory=list)
 
     @property
     def modes(self) -> frozenset[str]:

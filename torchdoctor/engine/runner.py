@@ -90,6 +90,7 @@ class Diagnosis:
         classes, problems = collect_checks(self._manager)
         self.notes = load.problems + problems
         self._classes = select_checks(classes, select, ignore)
+        self._checks = {cls.id: cls() for cls in self._classes}
         self._context: CheckContext | None = None
         self._results: dict[str, CheckResult] = {}
         self._run_findings: list[Finding] = []
@@ -118,7 +119,7 @@ class Diagnosis:
             cls = next((c for c in self._classes if c.id == check_id), None)
             if cls is None:
                 raise UsageError(f"check {check_id!r} is not selected")
-            self._results[check_id] = run_one_check(cls(), self.context())
+            self._results[check_id] = run_one_check(self._checks[check_id], self.context())
         return self._results[check_id]
 
     def run_findings(self) -> list[Finding]:
@@ -167,7 +168,8 @@ class Diagnosis:
         models = self._hook_candidates() or script_candidates(
             result.snapshots, result.namespace, result.models, where) or \
             self._discover_or_none(result.namespace, where, run)
-        return CheckContext(self.target, self.options, self._setup(), run, models)
+        return CheckContext(self.target, self.options, self._setup(), run, models,
+                            explain_crash(self._manager, list(self._checks.values()), run))
 
     def _discover_or_none(self, namespace: dict[str, Any], where: str,
                           run: ScriptRun) -> list[ModelCandidate]:
@@ -196,6 +198,21 @@ class Diagnosis:
 
     def _setup(self) -> TrainingSetup:
         return user_training_setup(self._manager.hook, self.options)
+
+
+def explain_crash(manager: Any, checks: Sequence[Check], run: ScriptRun) -> list[Finding]:
+    """The one explanation of the exception that ended the script: each check is asked
+    through the ``torchdoctor_explain_crash`` hook (first answer wins, in run order)."""
+    if run.error is None:
+        return []
+    for check in reversed(checks):  # pluggy calls the last registered first
+        manager.register(check, name=f"check:{check.id}")
+    try:
+        found = manager.hook.torchdoctor_explain_crash(error=run.error, run=run)
+    finally:
+        for check in checks:
+            manager.unregister(check)
+    return [found] if found is not None else []
 
 
 def _model_from_hook(hook: Any) -> Callable[[], Any]:
