@@ -18,14 +18,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torchdoctor.check import Check
+from torchdoctor.diagnoses.wording import name_list
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckContext
     from torchdoctor.scriptrun.observations import CarriedGradRecord, ScriptRun
-
-#: parameter names quoted in a message before "and N more"
-_SHOWN_PARAMS = 3
 
 
 class MissingZeroGradCheck(Check):
@@ -52,7 +50,7 @@ def _missing(record: CarriedGradRecord) -> tuple[str, str]:
     at = f" ({record.step_location})" if record.step_location else ""
     message = (f"optimizer.zero_grad() is never called between steps of {_optimizer(record)}: "
                f"gradients from step {record.step_index}{at} were added to step "
-               f"{record.step_index + 1}'s ({_param_list(record.params)})")
+               f"{record.step_index + 1}'s ({name_list(record.params)})")
     hint = ("Call `optimizer.zero_grad()` once per step, before `loss.backward()` (for "
             "gradient accumulation: after `optimizer.step()`, every N micro-batches).")
     return message, hint
@@ -65,7 +63,7 @@ def _misdirected(record: CarriedGradRecord) -> tuple[str, str]:
     message = (f"zero_grad() at {calls} clears other parameters (another optimizer or "
                f"another model), not the {count} parameter{'s' * (count != 1)} of "
                f"{_optimizer(record)}{at}: their gradients from step {record.step_index} "
-               f"were added to step {record.step_index + 1}'s ({_param_list(record.params)})")
+               f"were added to step {record.step_index + 1}'s ({name_list(record.params)})")
     hint = (f"Call zero_grad() on the optimizer that steps these parameters "
             f"({_optimizer(record)}: `optimizer.zero_grad()`), or on the model that owns "
             "them (`model.zero_grad()`), once per step before `loss.backward()`.")
@@ -76,9 +74,3 @@ def _optimizer(record: CarriedGradRecord) -> str:
     """``Adam #1`` style name (``#`` only for a second and later optimizer)."""
     suffix = f" #{record.optimizer + 1}" if record.optimizer else ""
     return f"{record.optimizer_type}{suffix}"
-
-
-def _param_list(params: list[str]) -> str:
-    shown = ", ".join(params[:_SHOWN_PARAMS])
-    more = len(params) - _SHOWN_PARAMS
-    return f"{shown} and {more} more" if more > 0 else shown

@@ -16,6 +16,7 @@ import math
 from typing import TYPE_CHECKING
 
 from torchdoctor.check import Check, SkipCheck
+from torchdoctor.diagnoses.wording import name_list
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ class _Verdict:
                 "`requires_grad_(False)` to save their gradients"))
         if a.unused:
             found.append(self.check.info(
-                f"{self.name}: {_names(a.unused)} are never used in forward",
+                f"{self.name}: {name_list(a.unused)} are never used in forward",
                 location=f"{self.name}: {a.unused[0]}",
                 hint="remove the unused layers, or call them in forward"))
         return found
@@ -208,6 +209,4 @@ _CUT_HINT = ("remove the `.detach()` / `torch.no_grad()` / `.item()` in forward;
 
 
 def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:_NAMES_SHOWN])
-    return shown + (f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN
-                    else "")
+    return name_list(names, _NAMES_SHOWN)

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from statistics import fmean
 
+from torchdoctor.diagnoses.wording import name_list
 from torchdoctor.findings import Finding, Severity
 from torchdoctor.monitor.stats import ParamLayout, Window
 from torchdoctor.scriptrun.observations import CarriedGradRecord
@@ -235,7 +236,7 @@ def no_gradient_finding(layout: ParamLayout, peak: list[float] | None,
     if not names:
         return None
     everything = len(names) == len(layout.names)
-    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    shown = name_list(names, 6)
     message = (f"no parameter received a gradient in {steps} step(s)" if everything else
                f"{len(names)} parameter(s) never received a gradient in {steps} step(s): "
                f"{shown}")

@@ -12,6 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from torchdoctor.diagnoses.wording import name_list
 from torchdoctor.findings import Finding, Severity
 
 #: module types whose forward depends on ``training``
@@ -89,8 +90,7 @@ def not_in_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer,
     missing = [names.get(id(p), "?") for p in trainable if id(p) not in held]
     if not missing:
         return None
-    shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6
-                                      else "")
+    shown = name_list(missing, 6)
     if len(missing) == len(trainable):
         return Finding(
             "not-in-optimizer", Severity.ERROR,

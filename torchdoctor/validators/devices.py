@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses.wording import name_list
 from torchdoctor.errors import DeviceMismatchError
 from torchdoctor.findings import Finding
 from torchdoctor.validators.common import (
@@ -57,9 +58,8 @@ def _model_device_findings(placed: list[tuple[str, str, int]],
     stray = [(name, device) for name, device, _ in placed if device != home]
     if not stray:
         return []
-    names = ", ".join(f"{name} ({device})" for name, device in stray[:5])
-    more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
-    message = f"model parameters/buffers {names}{more} are not on {home} like the rest"
+    names = name_list([f"{name} ({device})" for name, device in stray], 5)
+    message = f"model parameters/buffers {names} are not on {home} like the rest"
     hint = ("move the whole model once, after building it: model.to(device); a tensor "
             "made in __init__ must be an nn.Parameter or a buffer (self.register_buffer) "
             "so that .to() moves it")
