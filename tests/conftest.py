@@ -4,7 +4,7 @@ workspace has it (../shared/data beside the repository)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,7 @@ def repo_root() -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     """The real FashionMNIST subset; the test is skipped where it is absent."""
-    if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
+    if not real_data_present():
         pytest.skip("no real FashionMNIST subset beside the repository (../shared/data)")
     return SHARED_DATA
 
@@ -48,19 +48,33 @@ def write_program(tmp_path: Path):
     return write
 
 
-@pytest.fixture(scope="module")
-def example_reports(request: pytest.FixtureRequest) -> Iterator[dict[str, Report]]:
-    """The bug program ``examples/bugs/EXAMPLE.py`` and its ``_fixed`` form, diagnosed
-    once per test module with only the module's ``CHECK``. A module sets
-    ``EXAMPLES_USE_REAL_DATA = True`` to run them on the real FashionMNIST subset when
-    it is there (synthetic data otherwise)."""
-    check, example = request.module.CHECK, request.module.EXAMPLE
-    with pytest.MonkeyPatch.context() as patch:
-        real = (SHARED_DATA / "FashionMNIST" / "raw").is_dir()
-        if real and getattr(request.module, "EXAMPLES_USE_REAL_DATA", False):
-            patch.setenv("TORCHDOCTOR_DATA", str(SHARED_DATA))
-        yield {name: diagnose(str(BUGS / f"{name}.py"), select=[check])
-               for name in (example, f"{example}_fixed")}
+def real_data_present() -> bool:
+    """Whether the real FashionMNIST subset is beside the repository."""
+    return (SHARED_DATA / "FashionMNIST" / "raw").is_dir()
+
+
+@pytest.fixture(scope="session")
+def example_report() -> Callable[[str], Report]:
+    """``example_report(NAME)``: the report of ``examples/bugs/NAME.py`` diagnosed with
+    every check, on the real FashionMNIST subset where it is present (synthetic data
+    otherwise). Each program is diagnosed once per session, however many tests read it,
+    on one intra-op thread (see ``one_thread``: on a loaded machine, ten times faster)."""
+    reports: dict[str, Report] = {}
+
+    def report(name: str) -> Report:
+        if name not in reports:
+            threads = torch.get_num_threads()
+            with pytest.MonkeyPatch.context() as patch:
+                if real_data_present():
+                    patch.setenv("TORCHDOCTOR_DATA", str(SHARED_DATA))
+                torch.set_num_threads(1)
+                try:
+                    reports[name] = diagnose(str(BUGS / f"{name}.py"))
+                finally:
+                    torch.set_num_threads(threads)
+        return reports[name]
+
+    return report
 
 
 @pytest.fixture

@@ -4,11 +4,14 @@ evaluation with gradients on (script mode), randomness left in eval() (model mod
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from tests.helpers import assert_ran_quiet
+from tests.models import Noisy
 from torchdoctor.checks.eval_mode import EvalModeCheck
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
 from torchdoctor.engine.runner import diagnose, run_one_check
@@ -23,7 +26,6 @@ from torchdoctor.scriptrun.observations import (
 )
 
 CHECK = "eval-mode"
-EXAMPLE = "eval_mode"  # examples/bugs/eval_mode.py and its _fixed form
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
 
 # A small training program on random data; the markers are replaced per test.
@@ -104,18 +106,13 @@ def _mine(report: Report) -> list[Finding]:
 
 
 def test_bug_program_test_loop_without_eval_is_an_error(
-        example_reports: dict[str, Report]) -> None:
-    found = _mine(example_reports["eval_mode"])
+        example_report: Callable[[str], Report]) -> None:
+    found = _mine(example_report("eval_mode"))
     assert [f.severity for f in found] == [Severity.ERROR]
     line = _line_of(BUGS / "eval_mode.py", "model(images).argmax")
     assert found[0].location.endswith(f"eval_mode.py:{line}")
     assert "training mode" in found[0].message and "layers.3" in found[0].message
     assert "model.eval()" in found[0].hint
-
-
-def test_fixed_program_is_quiet(example_reports: dict[str, Report]) -> None:
-    assert _mine(example_reports["eval_mode_fixed"]) == []
-    assert example_reports["eval_mode_fixed"].result(CHECK).outcome.value == "passed"
 
 
 # ---------------------------------------------------------------- script mode, real runs
@@ -162,14 +159,7 @@ def test_functional_dropout_without_training_flag_is_pinned(tmp_path: Path) -> N
 def test_functional_dropout_with_training_flag_is_quiet(tmp_path: Path) -> None:
     path = _program(tmp_path, DROPOUT_MODULE="pass",
                     DROPOUT_CALL="F.dropout(x, 0.5, training=self.training)")
-    assert _mine(diagnose(f"{path}::Net", select=[CHECK])) == []
-
-
-class _NoisyBlock(nn.Module):
-    """Adds noise whatever the mode: randomness inside a submodule's own forward."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.randn_like(x)
+    assert_ran_quiet(diagnose(f"{path}::Net", select=[CHECK]), CHECK)
 
 
 def _model_context(model: nn.Module) -> CheckContext:
@@ -180,11 +170,11 @@ def _model_context(model: nn.Module) -> CheckContext:
 
 
 def test_randomness_inside_a_submodule_names_it() -> None:
-    model = nn.Sequential(nn.Linear(20, 8), _NoisyBlock(), nn.Linear(8, 4))
+    model = nn.Sequential(nn.Linear(20, 8), Noisy(), nn.Linear(8, 4))
     found = EvalModeCheck().run(_model_context(model))
     assert len(found) == 1
-    assert found[0].location == "Net: 1 (_NoisyBlock)"
-    assert "_NoisyBlock.forward" in found[0].message
+    assert found[0].location == "Net: 1 (Noisy)"
+    assert "Noisy.forward" in found[0].message
 
 
 def test_model_mode_leaves_model_and_rng_alone() -> None:

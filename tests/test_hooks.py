@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.models import image_mlp
 from torchdoctor.errors import NonFiniteError
 from torchdoctor.hooks import (
     ActivationStats,
@@ -36,8 +37,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "instruments_hooks.
 
 
 def mlp(flatten: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Flatten()] if flatten else []
-    return nn.Sequential(*layers, nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+    return image_mlp(16, flatten=flatten)
 
 
 def hooks_of(model: nn.Module) -> Iterator[tuple[str, dict]]:

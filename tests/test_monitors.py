@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import torchdoctor
+from tests.models import TabularNet
 from torchdoctor import GradientError, ModeError, NonFiniteError, Outcome, Severity
 from torchdoctor.monitor.watch import KINDS, Thresholds, TorchDoctorWarning, Watch, watch
 
@@ -23,22 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- helpers
-class Net(nn.Module):
-    """A small classifier with dropout (mode-sensitive) and, optionally, a layer that
-    forward never uses."""
-
-    def __init__(self, unused: bool = False, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(8, 16)
-        self.drop = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(16, 4)
-        self.unused = nn.Linear(4, 4) if unused else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(torch.relu(self.fc1(x))))
-
-
-class LogNet(Net):
+class LogNet(TabularNet):
     """Takes the log of its hidden layer: NaN as soon as a value is negative."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,9 +55,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
     return losses
 
 
-def setup(seed: int = 0, lr: float = 0.05, **net: object) -> tuple[Net, torch.optim.SGD]:
+def setup(seed: int = 0, lr: float = 0.05, **net: object) -> tuple[TabularNet, torch.optim.SGD]:
     torch.manual_seed(seed)
-    model = Net(**net)  # type: ignore[arg-type]
+    model = TabularNet(**net)  # type: ignore[arg-type]
     return model, torch.optim.SGD(model.parameters(), lr=lr)
 
 
@@ -88,7 +74,7 @@ def _quiet_default_warnings() -> None:
 # ------------------------------------------------------------------- figures vs autograd
 def test_group_gradient_norms_match_autograd() -> None:
     torch.manual_seed(0)
-    model = Net()
+    model = TabularNet()
     opt = torch.optim.SGD([{"params": model.fc1.parameters()},
                            {"params": model.fc2.parameters(), "name": "head"}], lr=0.1)
     x, y = batch()
@@ -227,7 +213,7 @@ def test_nan_found_at_the_read_without_the_per_step_check(nan_step: int,
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_no_host_sync_between_reads_on_cuda() -> None:
     torch.manual_seed(0)
-    model = Net().cuda()
+    model = TabularNet().cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = (t.cuda() for t in batch())
     with watch(model, opt, every=1000) as doc:
@@ -576,7 +562,7 @@ def test_report_and_table() -> None:
     with watch(model, opt) as doc:
         train(model, opt, 2, doc)
     report = doc.report()
-    assert report.mode == "watch" and report.target == "Net"
+    assert report.mode == "watch" and report.target == "TabularNet"
     assert [r.id for r in report.checks] == list(KINDS)
     assert report.result("no-gradient").outcome is Outcome.FAILED  # type: ignore[union-attr]
     text = doc.table()

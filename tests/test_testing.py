@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.models import Noisy, image_mlp, tabular_mlp
 from torchdoctor.findings import Report, Severity
 from torchdoctor.testing import (
     TorchDoctorAssertionError,
@@ -45,7 +46,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4))
+    return tabular_mlp(20, 32, 4)
 
 
 def fast_adam(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
@@ -202,7 +203,7 @@ def test_overfits_batch_reports_parameters_that_never_update(batch: tuple) -> No
 
 def test_overfits_batch_uses_the_reference_batch_by_default() -> None:
     torch.manual_seed(0)  # a fixed initialisation: 100 steps suffice for it
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = image_mlp(32)
     losses = assert_overfits_batch(model, optimizer_factory=fast_adam, steps=100)
     assert losses[0] > 1.0
 
@@ -308,11 +309,6 @@ class FunctionalDropout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.dropout(self.fc1(x), 0.5))  # bug: training=self.training missing
-
-
-class Noisy(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.randn_like(x)
 
 
 def test_eval_deterministic_passes_with_dropout_modules(batch: tuple) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.models import ImageMLP
 from torchdoctor.errors import (
     BatchError,
     DeviceMismatchError,
@@ -40,20 +41,6 @@ from torchdoctor.validators import (
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "instruments_validators.py"
 
-class Classifier(nn.Module):
-    """The FashionMNIST MLP; ``flatten=False`` is the classic missing-flatten bug."""
-
-    def __init__(self, flatten: bool = True, classes: int = 10) -> None:
-        super().__init__()
-        self.flatten = nn.Flatten() if flatten else nn.Identity()
-        self.fc1 = nn.Linear(784, 32)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(32, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.relu(self.fc1(self.flatten(x))))
-
-
 def images(n: int = 64) -> torch.Tensor:
     return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
@@ -69,7 +56,7 @@ def raises(error: type[DiagnosisError], call, *args, **kwargs) -> DiagnosisError
 
 
 def test_check_devices_flags_a_meta_batch_on_a_cpu_model() -> None:
-    model = Classifier()
+    model = ImageMLP(hidden=32)
     x = torch.ones(2, 1, 28, 28, device="meta")  # torch raises on this mix (first meta
     # dispatch costs seconds, so the forward itself is not run here)
     error = raises(DeviceMismatchError, check_devices, model, x, torch.ones(2))
@@ -81,7 +68,7 @@ def test_check_devices_flags_a_meta_batch_on_a_cpu_model() -> None:
 
 
 def test_check_devices_names_nested_positions_and_stray_parameters() -> None:
-    model = Classifier()
+    model = ImageMLP(hidden=32)
     model.fc2.to("meta")
     model.register_buffer("scale", torch.ones(1, device="meta"))
     error = raises(DeviceMismatchError, check_devices, model,
@@ -94,7 +81,7 @@ def test_check_devices_names_nested_positions_and_stray_parameters() -> None:
 
 
 def test_check_devices_passes_when_everything_is_on_one_device() -> None:
-    model = Classifier()
+    model = ImageMLP(hidden=32)
     assert check_devices(model, images(2), {"y": torch.ones(2)}) is None
     assert check_devices(nn.ReLU(), torch.ones(2, device="meta")) is None
     model(images(2))  # and torch agrees
@@ -179,7 +166,7 @@ def test_check_batch_flags_mismatched_batch_sizes() -> None:
 
 
 def test_check_output_translates_the_missing_flatten() -> None:
-    model = Classifier(flatten=False)
+    model = ImageMLP(hidden=32, flatten=False)
     error = raises(ShapeError, check_output, model, images(), (None, 10))
     text = str(error)
     assert "fc1 (Linear, in_features=784" in text
@@ -187,11 +174,11 @@ def test_check_output_translates_the_missing_flatten() -> None:
     assert "flatten first: nn.Flatten() before fc1" in text
     assert isinstance(error.__cause__, RuntimeError)
     assert error.findings[0].check == "shape-mismatch"
-    assert check_output(Classifier(flatten=True), images(), (None, 10)) is None
+    assert check_output(ImageMLP(hidden=32, flatten=True), images(), (None, 10)) is None
 
 
 def test_check_output_compares_the_output_shape() -> None:
-    model = Classifier(classes=1)
+    model = ImageMLP(hidden=32, classes=1)
     error = raises(ShapeError, check_output, model, images(8), (8, 10))
     assert "(8, 1) but (8, 10)" in str(error)
     assert "fc2 (Linear" in str(error) and "out_features=10" in str(error)

@@ -1,0 +1,68 @@
+"""Small models shared by the tests, so that each test file does not carry its own copy.
+
+A test that needs a model with a particular fault (a plain tensor attribute, a log of a
+softmax...) still defines it beside the test: the fault is what the test is about. The
+models here are the healthy, ordinary ones the faults are built around.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IMAGE_FEATURES = 28 * 28  # a flattened FashionMNIST image
+
+
+class ImageMLP(nn.Module):
+    """The FashionMNIST MLP: ``flatten`` -> ``fc1`` (784 -> hidden) -> ``relu`` -> ``fc2``.
+
+    ``flatten=False`` is the classic bug: (N, 1, 28, 28) images reach ``fc1`` unflattened.
+    """
+
+    def __init__(self, hidden: int = 64, classes: int = 10, flatten: bool = True) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten() if flatten else nn.Identity()
+        self.fc1 = nn.Linear(IMAGE_FEATURES, hidden)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.relu(self.fc1(self.flatten(x))))
+
+
+def image_mlp(hidden: int = 32, *tail: nn.Module, flatten: bool = True) -> nn.Sequential:
+    """:class:`ImageMLP` as an ``nn.Sequential`` (children named by index: ``0`` Flatten,
+    ``1`` Linear, ``2`` ReLU, ``3`` Linear, then ``tail`` from ``4``; without ``flatten``
+    every index is one lower)."""
+    layers: list[nn.Module] = [nn.Flatten()] if flatten else []
+    return nn.Sequential(*layers, nn.Linear(IMAGE_FEATURES, hidden), nn.ReLU(),
+                         nn.Linear(hidden, 10), *tail)
+
+
+class TabularNet(nn.Module):
+    """A small classifier of 8 features into 4 classes: ``fc1`` -> ReLU -> ``drop`` ->
+    ``fc2``. Dropout makes it mode-sensitive; ``unused=True`` adds a layer that forward
+    never calls."""
+
+    def __init__(self, unused: bool = False, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(16, 4)
+        self.unused = nn.Linear(4, 4) if unused else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+
+def tabular_mlp(features: int = 20, hidden: int = 32, classes: int = 4) -> nn.Sequential:
+    """A two-layer MLP for random tabular batches of ``features`` columns."""
+    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+class Noisy(nn.Module):
+    """Adds noise whatever the mode: randomness in a module's own forward that ``eval()``
+    cannot switch off (unlike ``nn.Dropout``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x)
