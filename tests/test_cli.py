@@ -35,6 +35,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
                           text=True, cwd=cwd, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_help_and_list_checks_do_not_import_torch() -> None:
     code = textwrap.dedent("""
         import contextlib, io, sys
@@ -61,6 +62,7 @@ def test_list_checks_names_every_builtin(capsys: pytest.CaptureFixture[str]) -> 
     assert "broken" not in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("source", "expected"), [
     (None, "no such file"),
     ("def broken(:\n", "syntax error"),
@@ -79,6 +81,7 @@ def test_bad_file_targets_exit_2_with_one_message(tmp_path: Path, source: str | 
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_several_candidate_models_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "two.py"
     path.write_text(HEALTHY_MODEL_FILE + "\nclass Other(Net):\n    pass\n")
@@ -88,6 +91,7 @@ def test_several_candidate_models_is_a_usage_error(tmp_path: Path) -> None:
     assert "::Net" in result.stderr
 
 
+@pytest.mark.slow
 def test_model_needing_arguments_names_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "args.py"
     path.write_text("from torch import nn\nclass Net(nn.Module):\n"
@@ -99,6 +103,7 @@ def test_model_needing_arguments_names_the_fix(tmp_path: Path) -> None:
     assert "torchdoctor_model()" in result.stderr
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     path = tmp_path / "target.py"
     path.write_text("x = 1\n")
@@ -107,6 +112,7 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--select", "no-such-check"], ["--device", "cuda:99"],
                                   ["--device", "not-a-device"]])
 def test_bad_options_exit_2(tmp_path: Path, args: list[str]) -> None:
@@ -117,12 +123,14 @@ def test_bad_options_exit_2(tmp_path: Path, args: list[str]) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_target_syntax_exit_2() -> None:
     result = run_cli("check", "not a target")
     assert result.returncode == 2
     assert "file.py, file.py::name or package.module:name" in result.stderr
 
 
+@pytest.mark.slow
 def test_json_report_follows_the_schema(tmp_path: Path) -> None:
     path = tmp_path / "model.py"
     path.write_text(HEALTHY_MODEL_FILE)
@@ -141,6 +149,7 @@ def test_json_report_follows_the_schema(tmp_path: Path) -> None:
     assert all(isinstance(c["seconds"], float) for c in report["checks"])
 
 
+@pytest.mark.slow
 def test_error_finding_exits_1_and_is_in_json(tmp_path: Path) -> None:
     path = tmp_path / "flat.py"
     path.write_text(HEALTHY_MODEL_FILE.replace("self.fc1(self.flatten(x))", "self.fc1(x)"))
@@ -153,6 +162,7 @@ def test_error_finding_exits_1_and_is_in_json(tmp_path: Path) -> None:
     assert finding["check"] == "shape-mismatch" and finding["severity"] == "error"
 
 
+@pytest.mark.slow
 def test_markdown_format(tmp_path: Path) -> None:
     path = tmp_path / "model.py"
     path.write_text(HEALTHY_MODEL_FILE)
@@ -163,6 +173,7 @@ def test_markdown_format(tmp_path: Path) -> None:
     assert "| check" in result.stdout
 
 
+@pytest.mark.slow
 def test_infinite_loop_ends_at_timeout(tmp_path: Path) -> None:
     path = tmp_path / "loop.py"
     path.write_text(HEALTHY_MODEL_FILE + textwrap.dedent("""
@@ -188,6 +199,7 @@ def _install_plugin(site: Path, body: str) -> None:
     (dist / "entry_points.txt").write_text("[torchdoctor]\nmyplugin = myplugin\n")
 
 
+@pytest.mark.slow
 def test_entry_point_check_runs_and_a_crashing_one_exits_3(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
@@ -220,6 +232,7 @@ def test_entry_point_check_runs_and_a_crashing_one_exits_3(tmp_path: Path) -> No
     assert outcomes == {"shape-mismatch": "passed", "always-crashes": "crashed"}
 
 
+@pytest.mark.slow
 def test_broken_plugin_is_reported_not_fatal(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
@@ -232,6 +245,7 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path: Path) -> None:
     assert "plugin 'myplugin'" in result.stderr and "plugin cannot import" in result.stderr
 
 
+@pytest.mark.slow
 def test_misspelt_hook_function_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "model.py"
     path.write_text(HEALTHY_MODEL_FILE + "\ndef torchdoctor_modle():\n    return Net()\n")
@@ -240,6 +254,7 @@ def test_misspelt_hook_function_is_a_usage_error(tmp_path: Path) -> None:
     assert "torchdoctor_modle" in result.stderr
 
 
+@pytest.mark.slow
 def test_script_that_needs_arguments_says_so_and_gets_them(tmp_path: Path) -> None:
     path = tmp_path / "train.py"
     path.write_text(HEALTHY_MODEL_FILE + textwrap.dedent("""

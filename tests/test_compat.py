@@ -11,6 +11,7 @@ import pytest
 from torchdoctor._compat import MOVED_MODULES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("old_name", sorted(MOVED_MODULES))
 def test_old_path_is_the_new_module_with_a_deprecation_warning(old_name: str) -> None:
     code = (f"import warnings, importlib\n"

@@ -115,6 +115,7 @@ def test_unreadable_files_fall_back_instead_of_crashing(offline: None, tmp_path:
     assert dataset_kind(load_fashion_mnist(train=True, root=tmp_path)) == "synthetic"
 
 
+@pytest.mark.slow
 def test_real_data_is_used_when_present(shared_data: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     test_set = load_fashion_mnist(train=False, root=shared_data)
@@ -156,6 +157,7 @@ def test_fallback_notice_prints_once_naming_root_and_remedy(tmp_path: Path) -> N
     assert "--data DIR" in text and "TORCHDOCTOR_DATA" in text
 
 
+@pytest.mark.slow
 def test_fallback_is_announced_once_per_process_without_torchvision(tmp_path: Path) -> None:
     program = (
         "import sys\n"

@@ -41,6 +41,7 @@ def load_module(path: Path) -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_fashion_mnist_lab_runs_offline(tmp_path: Path) -> None:
     done = run_example(LAB, "--epochs", "2", "--limit-batches", "5", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -51,6 +52,7 @@ def test_fashion_mnist_lab_runs_offline(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.pth"))  # the checkpoint lived in a temp dir
 
 
+@pytest.mark.slow
 def test_custom_model_hooks_runs(tmp_path: Path) -> None:
     done = run_example(HOOKS, "--epochs", "2", "--samples", "256", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -574,6 +574,7 @@ def test_lazy_public_names() -> None:
     assert torchdoctor.watch is watch and torchdoctor.Watch is Watch
 
 
+@pytest.mark.slow
 def test_example_runs() -> None:
     example = runpy.run_path(str(ROOT / "examples" / "watch_training_loop.py"))
     healthy = example["train"](6, buggy=False)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds a wheel in a subprocess
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

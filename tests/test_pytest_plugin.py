@@ -158,6 +158,7 @@ def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester, args: tup
     result.stderr.fnmatch_lines([message])
 
 
+@pytest.mark.slow
 def test_plugin_module_does_not_import_torch() -> None:
     code = ("import sys, torchdoctor.pytest_plugin as p\n"
             "assert p.pytest_assertrepr_compare(None, '==', [1], [2]) is None\n"

@@ -99,6 +99,7 @@ def raw_fashion_mnist(root: Path, count: int = 64) -> tuple[torch.Tensor, torch.
     return images_u8, torch.frombuffer(bytearray(labels), dtype=torch.uint8).long()
 
 
+@pytest.mark.slow
 def test_check_batch_on_real_fashion_mnist(shared_data: Path) -> None:
     raw, labels = raw_fashion_mnist(shared_data)
     error = raises(BatchError, check_batch, (raw, labels), num_classes=10)

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # two worker processes
+
 WORLD = 2
 NAN_STEP = 4  # 1-based step at which rank 1's batch holds a NaN
 
