@@ -163,7 +163,7 @@ def _info(model: nn.Module, module: nn.Module) -> ModuleInfo:
 def _dropout_line(module: nn.Module) -> CodeLocation | None:
     """The line of a functional dropout call without ``training`` in the module's
     forward, or None."""
-    from ._loss_function_impl import forward_source_line
+    from torchdoctor.diagnoses.source import forward_source_line
 
     found = forward_source_line(
         module, lambda code: bool(_FUNCTIONAL_DROPOUT.search(code)) and "training" not in code)

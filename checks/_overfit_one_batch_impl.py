@@ -26,10 +26,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from torchdoctor.diagnoses.final_layer import FinalActivation
     from torchdoctor.engine.context import CheckContext, ModelCandidate
     from torchdoctor.scriptrun.observations import ModuleInfo
-
-    from ._loss_function_impl import FinalActivation
 
 MAX_STEPS = 200
 CHUNK = 10  #: at most this many steps between two looks at the clock
@@ -230,7 +229,7 @@ def _sort_parameters(model: nn.Module, ran: set[str], optimizer: torch.optim.Opt
 def _cut_line(model: nn.Module, owner: str) -> str:
     """The line that cuts the graph, searched in the forward of ``owner`` and then of
     each module that contains it (user classes only), nearest first."""
-    from ._loss_function_impl import forward_source_line
+    from torchdoctor.diagnoses.source import forward_source_line
 
     parts = owner.split(".") if owner else []
     for depth in range(len(parts), -1, -1):
@@ -244,7 +243,7 @@ def _cut_line(model: nn.Module, owner: str) -> str:
 
 
 def _non_negative_final(model: nn.Module, inputs: Any, name: str) -> FinalActivation | None:
-    from ._loss_function_impl import NON_NEGATIVE, final_activation
+    from torchdoctor.diagnoses.final_layer import NON_NEGATIVE, final_activation
 
     final = final_activation(model, inputs, name)
     if final is None or final.name.lower() not in {n.lower() for n in NON_NEGATIVE}:

@@ -12,27 +12,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torchdoctor.check import Check
+from torchdoctor.diagnoses.devices import (
+    CREATE_ON_INPUT_DEVICE_HINT,
+    MOVE_HINT,
+    crash_message,
+    meta_failure_text,
+    mix_text,
+    parse_device_error,
+    stray_text,
+)
 from torchdoctor.findings import Finding
 
-from ._device_mismatch_impl import (
-    DeviceError,
-    MetaRun,
-    Mix,
-    Stray,
-    find_strays,
-    parse_device_error,
-    run_on_meta,
-    user_location_of_traceback,
-)
-
 if TYPE_CHECKING:
+    from torchdoctor.diagnoses.device_tracing import MetaRun, Stray
     from torchdoctor.engine.context import CheckContext, ModelCandidate
-    from torchdoctor.scriptrun.observations import ErrorRecord, ModuleCall, ScriptRun
-
-_CUDA = "works on CPU, crashes on CUDA"
-_MOVE_HINT = ("move the model once after building it, model.to(device), and every batch "
-              "in every loop (train and eval): inputs, targets = inputs.to(device), "
-              "targets.to(device)")
+    from torchdoctor.scriptrun.observations import ErrorRecord, ScriptRun
 
 
 class DeviceMismatchCheck(Check):
@@ -49,15 +43,16 @@ class DeviceMismatchCheck(Check):
         if parsed is None:
             return None
         call = error.module_stack[-1] if error.module_stack else None
-        message = _crash_message(parsed, call, error.message.splitlines()[0])
+        message = crash_message(parsed, call, error.message.splitlines()[0])
         if call is not None and error.location is not None:
             message += f" (raised at {error.location})"
         location = call.module.describe() if call is not None else error.location
-        return self.error(message, location=location, hint=_MOVE_HINT, explains_crash=True)
+        return self.error(message, location=location, hint=MOVE_HINT, explains_crash=True)
 
     # -- model mode --------------------------------------------------------------------
     def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
         """A static look for stray tensors and modules, then a copy run on ``meta``."""
+        from torchdoctor.diagnoses.device_tracing import find_strays, run_on_meta
         from torchdoctor.reference.trainer import forward
 
         model = ctx.fresh_model(candidate)
@@ -81,7 +76,7 @@ class DeviceMismatchCheck(Check):
                 continue  # reassigned by forward: a cache of activations, not state
             used = meta is not None and stray.name in meta.used_attrs
             unsure = meta is None or meta.failure is not None
-            message, hint = _stray_text(stray, used)
+            message, hint = stray_text(stray, used)
             location = f"{candidate.name}: {stray.name}"
             if used or stray.trainable or unsure:
                 findings.append(self.error(message, location=location, hint=hint))
@@ -96,7 +91,7 @@ class DeviceMismatchCheck(Check):
             if mix.origin.attr or key in seen:
                 continue
             seen.add(key)
-            message, hint = _mix_text(mix)
+            message, hint = mix_text(mix)
             where = mix.origin.created_at or mix.used_at or candidate.name
             findings.append(self.error(message, location=where, hint=hint))
         return findings
@@ -106,82 +101,15 @@ class DeviceMismatchCheck(Check):
         failure = meta.failure
         if failure is None:
             return []
+        from torchdoctor.scriptrun.callsite import user_location_of_traceback
+
         where = user_location_of_traceback(failure.__traceback__) or candidate.name
         text = f"{type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''}"
         if parse_device_error(str(failure)) is not None:
-            return [self.error(f"forward mixes devices ({text}), found by running a copy on "
-                               f"the meta device: {_CUDA}", location=where,
-                               hint="create tensors in forward with device=x.device")]
+            return [self.error(meta_failure_text(text), location=where,
+                               hint=CREATE_ON_INPUT_DEVICE_HINT)]
         if ctx.options.verbose and not meta.mixes:
             return [self.info(f"could not look for fixed-device tensors: a copy of the "
                               f"model does not run on the meta device ({text})",
                               location=where)]
         return []
-
-
-def _crash_message(parsed: DeviceError, call: ModuleCall | None, torch_text: str) -> str:
-    devices = [d for d in (parsed.first, parsed.second) if d]
-    pair = " and ".join(devices) if devices else "two devices"
-    if call is None:
-        return f"tensors on {pair} met in one operation (torch: {torch_text})"
-    name = call.module.qualname or f"the model ({call.module.type_name})"
-    inputs = sorted({s.device for s in call.inputs})
-    others = [d for d in devices if d not in inputs]
-    # a library layer (it has an extra_repr) computes with its own weights only
-    if len(inputs) == 1 and len(others) == 1 and call.module.detail:
-        return (f"{name} got its input on {inputs[0]} but its weights are on {others[0]} "
-                f"(torch: {torch_text})")
-    got = f" (input on {', '.join(inputs)})" if inputs else ""
-    return f"tensors on {pair} met in {name}{got} (torch: {torch_text})"
-
-
-def _stray_text(stray: Stray, used: bool) -> tuple[str, str]:
-    container = type(stray.value).__name__
-    assigned = f" (assigned at {stray.assigned_at})" if stray.assigned_at else ""
-    if stray.kind == "modules":
-        wrapper = "nn.ModuleDict" if container == "dict" else "nn.ModuleList"
-        message = (f"{stray.name} keeps submodules in a plain Python {container}{assigned}: "
-                   "their parameters are not in model.parameters() (the optimizer never "
-                   "trains them), model.to(device) does not move them and state_dict() "
-                   "does not save them")
-        hint = f"self.{stray.attr} = {wrapper}(...)"
-    else:
-        what = (f"a plain tensor attribute {tuple(stray.value.shape)}"
-                if stray.kind == "tensor" else f"a plain {container} of tensors")
-        message = (f"{stray.name} is {what}{assigned}, not a registered buffer or "
-                   "parameter: model.to(device) does not move it and state_dict() does "
-                   "not save it")
-        hint = _register_hint(stray)
-        if stray.trainable:
-            message += "; it requires grad but the optimizer never sees it"
-    if used:
-        message += f"; forward uses it: {_CUDA}"
-    return message, hint
-
-
-def _register_hint(stray: Stray) -> str:
-    if stray.kind == "tensors":
-        wrapper = "nn.ParameterList" if stray.trainable else "one self.register_buffer(...)"
-        return f"store them with {wrapper} (e.g. torch.stack the tensors into one buffer)"
-    if stray.trainable:
-        return f"self.{stray.attr} = nn.Parameter(...) in __init__"
-    return (f'self.register_buffer("{stray.attr}", ...) in __init__ instead of '
-            f"self.{stray.attr} = ...")
-
-
-def _mix_text(mix: Mix) -> tuple[str, str]:
-    origin = mix.origin
-    same_line = origin.created_at is not None and origin.created_at == mix.used_at
-    used = f" at {mix.used_at}" if mix.used_at and not same_line else ""
-    if origin.factory:  # the finding's location is the line that created it
-        message = (f"forward creates a tensor with torch.{origin.factory}(...) and no "
-                   f"device=, then uses it in {mix.op}{used}: {_CUDA} (the tensor "
-                   "stays on the CPU when model and batch move to the GPU: \"Expected all "
-                   "tensors to be on the same device\")")
-        hint = (f"create it where the input is: torch.{origin.factory}(..., "
-                "device=x.device), or register a constant once with self.register_buffer")
-        return message, hint
-    message = (f"a tensor {mix.shape} that is neither a parameter nor a buffer of the model "
-               f"meets the model's tensors in {mix.op}{used}: it stays on the CPU, so it "
-               f"{_CUDA}")
-    return message, "move it with .to(x.device), or register it with self.register_buffer"

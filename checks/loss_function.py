@@ -2,11 +2,13 @@
 
 Softmax (or log_softmax) output fed to CrossEntropyLoss, sigmoid output fed to
 BCEWithLogitsLoss, raw scores fed to NLLLoss, targets of the wrong dtype or range.
-The rules are :func:`torchdoctor.validators.loss_input_problems`'s.
+The diagnosis (rules, words, fixes, the crashes recognised) is
+:mod:`torchdoctor.diagnoses.loss_inputs`'s, shared with ``check_loss_inputs``.
 
 Script mode judges every loss call the instrument recorded (summaries of prediction and
 target), and recognises the exception torch raises for such inputs when it ended the
-script. Model mode looks at a copy's output on a batch. With the reference loss
+script. Model mode looks at a copy's output on a batch (the shared forward probe,
+:meth:`~torchdoctor.engine.context.CheckContext.forward_probe`). With the reference loss
 (assumed, not the user's own) only softmax outputs are judged: log-softmax outputs are
 right for NLLLoss. "Sigmoid output" is read from a value range that raw logits of a
 one-output model also show at init, so it is confirmed by the model's last operation.
@@ -17,10 +19,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from torchdoctor.check import Check
+from torchdoctor.diagnoses.final_layer import FinalActivation
+from torchdoctor.diagnoses.loss_inputs import (
+    NEEDS_STRUCTURE,
+    classification_problems,
+    crash_problem,
+)
+from torchdoctor.diagnoses.loss_rules import LossInputProblem
 from torchdoctor.findings import Finding, Severity
 from torchdoctor.scriptrun.observations import TensorSummary
-
-from ._loss_function_impl import NEEDS_STRUCTURE, FinalActivation, LossProblem
 
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckContext, ModelCandidate
@@ -35,8 +42,6 @@ class LossFunctionCheck(Check):
 
     def explain_crash(self, error: ErrorRecord, run: ScriptRun) -> Finding | None:
         """A loss call that crashed the script (wrong target dtype, range...)."""
-        from ._loss_function_impl import crash_problem
-
         crash = crash_problem(error)
         if crash is None:
             return None
@@ -89,7 +94,7 @@ class LossFunctionCheck(Check):
                                           seen.location))
         return findings
 
-    def _finding(self, problem: LossProblem, context: str, location: object) -> Finding:
+    def _finding(self, problem: LossInputProblem, context: str, location: object) -> Finding:
         message = f"{problem.message} ({context})"
         if problem.severity is Severity.ERROR:
             return self.error(message, location=location, hint=problem.hint)
@@ -100,8 +105,6 @@ class LossFunctionCheck(Check):
 
 def _crash_kinds(run: ScriptRun) -> set[str]:
     """The kind of loss problem that crashed the script, so it is said once."""
-    from ._loss_function_impl import crash_problem
-
     crash = crash_problem(run.error) if run.error is not None else None
     return {crash.kind} if crash is not None else set()
 
@@ -112,21 +115,19 @@ def _script_knows_loss(ctx: CheckContext) -> bool:
     return assumed and ctx.run is not None and bool(ctx.run.losses)
 
 
-def _grouped_problems(losses: list[LossRecord]) -> dict[LossProblem, list[LossRecord]]:
+def _grouped_problems(losses: list[LossRecord]) -> dict[LossInputProblem, list[LossRecord]]:
     """Each distinct problem (by kind) with the loss calls that show it, first seen first."""
-    from ._loss_function_impl import loss_problems
-
-    grouped: dict[LossProblem, list[LossRecord]] = {}
+    grouped: dict[LossInputProblem, list[LossRecord]] = {}
     for record in losses:
-        for problem in loss_problems(record.loss, record.prediction, record.target,
+        for problem in classification_problems(record.loss, record.prediction, record.target,
                                      record.options):
             same = next((p for p in grouped if p.kind == problem.kind), problem)
             grouped.setdefault(same, []).append(record)
     return grouped
 
 
-def _confirm(problem: LossProblem,
-             known: tuple[bool, FinalActivation | None]) -> LossProblem | None:
+def _confirm(problem: LossInputProblem,
+             known: tuple[bool, FinalActivation | None]) -> LossInputProblem | None:
     """A sigmoid-output problem stands when the model's last operation is a sigmoid,
     goes when it is something else, and is only a warning when that is unknown."""
     structure_known, final = known
@@ -134,14 +135,14 @@ def _confirm(problem: LossProblem,
         return problem
     if structure_known:
         return None
-    return LossProblem(problem.kind, Severity.WARNING,
-                       problem.message + " (if the model ends in a sigmoid)", problem.hint)
+    return LossInputProblem(problem.kind, Severity.WARNING,
+                            problem.message + " (if the model ends in a sigmoid)", problem.hint)
 
 
 def _script_final_activation(ctx: CheckContext) -> tuple[bool, FinalActivation | None]:
     """(whether known, the activation) that ends the script's first model, found by
     running a copy on random inputs shaped like the ones the script gave it."""
-    from ._loss_function_impl import final_activation
+    from torchdoctor.diagnoses.final_layer import final_activation
 
     run = ctx.run
     if run is None or not ctx.models or not run.forwards or not run.forwards[0].inputs:
@@ -173,43 +174,36 @@ class _ModelOutput(NamedTuple):
 
 
 def _model_output(ctx: CheckContext, candidate: ModelCandidate) -> _ModelOutput | None:
-    """What a copy gives on the setup's batch (and which loss it goes to), or None when
-    the model does not run on it or returns no float tensor."""
+    """What a copy gives on the setup's batch (the shared forward probe) and which loss it
+    goes to, or None when the model does not run on it or returns no float tensor."""
     import torch
 
-    from torchdoctor.reference.trainer import forward
+    from torchdoctor.diagnoses.final_layer import final_activation_after
     from torchdoctor.tensors import summarize
     from torchdoctor.validators import loss_name_of
 
-    from ._loss_function_impl import final_activation
-
-    setup = ctx.training_setup()
-    model = ctx.fresh_model(candidate).eval()
-    inputs, targets = setup.batch(ctx.options.device)
-    try:
-        with torch.no_grad():
-            output = forward(model, inputs)
-        last = final_activation(model, inputs, candidate.name)
-    except Exception:
+    probe = ctx.forward_probe(candidate)
+    output = probe.output
+    if not probe.ran or not isinstance(output, torch.Tensor) or \
+            not output.is_floating_point():
         return None  # the batch does not fit: shape-mismatch says why
-    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
-        return None
+    last = final_activation_after(probe.last_leaf, probe.model, candidate.name)
+    targets = probe.targets
     target = summarize(targets) if isinstance(targets, torch.Tensor) else None
     where = last.location if last is not None else f"{candidate.name}: output"
-    return _ModelOutput(loss_name_of(setup.make_loss()), summarize(output), target, where,
-                        last)
+    return _ModelOutput(loss_name_of(ctx.training_setup().make_loss()), summarize(output),
+                        target, where, last)
 
 
-def _model_problems(ctx: CheckContext, seen: _ModelOutput) -> list[LossProblem]:
+def _model_problems(ctx: CheckContext, seen: _ModelOutput) -> list[LossInputProblem]:
     """The loss-input problems of a model's output. With the reference loss (assumed:
     the user may really train with NLLLoss, MSELoss...) only probabilities are judged,
     as no classification loss wants softmax output, and the message says so."""
-    from ._loss_function_impl import loss_problems
-
     if ctx.training_setup().source.get("loss", "reference") != "reference":
-        return loss_problems(seen.loss, seen.prediction, seen.target)
+        return classification_problems(seen.loss, seen.prediction, seen.target)
     if not seen.prediction.rows_sum_to_one:
         return []
-    return [LossProblem(p.kind, p.severity, p.message + " (assuming the reference "
-                        "CrossEntropyLoss; define torchdoctor_loss() to name yours)", p.hint)
-            for p in loss_problems("CrossEntropyLoss", seen.prediction, None)]
+    return [LossInputProblem(p.kind, p.severity, p.message + " (assuming the reference "
+                             "CrossEntropyLoss; define torchdoctor_loss() to name yours)",
+                             p.hint)
+            for p in classification_problems("CrossEntropyLoss", seen.prediction, None)]

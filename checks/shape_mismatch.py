@@ -3,9 +3,10 @@ silent kind: prediction and target that broadcast against each other in the loss
 
 Script mode translates the exception that ended the user's script (with the module
 that was running) and reads the recorded loss calls and torch's broadcast warning.
-Model mode runs the reference (or the user's) batch through a copy of each model under a
-:class:`~torchdoctor.hooks.ShapeTracer` (which names the module that raised), then
-computes the loss once on the output.
+Model mode reads the shared forward probe of each model (a copy run on the reference or
+the user's batch under a :class:`~torchdoctor.hooks.ShapeTracer`, which names the module
+that raised), then computes the loss once on the output. The words and fixes are
+:mod:`torchdoctor.diagnoses.shapes`' and :mod:`torchdoctor.diagnoses.broadcasting`'.
 """
 
 from __future__ import annotations
@@ -14,19 +15,16 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from torchdoctor.check import Check
-from torchdoctor.findings import Finding
-
-from ._shape_mismatch_impl import (
+from torchdoctor.diagnoses.broadcasting import (
     broadcast_message,
-    explain_shape_error,
     is_elementwise_loss,
     silent_broadcast,
     target_size_shapes,
 )
+from torchdoctor.diagnoses.shapes import explain_shape_error
+from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from torchdoctor.engine.context import CheckContext, ModelCandidate, TrainingSetup
     from torchdoctor.scriptrun.observations import ErrorRecord, ModuleCall, ScriptRun
 
@@ -44,10 +42,9 @@ class ShapeMismatchCheck(Check):
         """A shape error that ended the script, pinned to the module that raised."""
         call = error.module_stack[-1] if error.module_stack else None
         module = call.module if call else None
-        explained = explain_shape_error(error.message, module, call.inputs if call else ())
-        if explained is None:
+        message, hint = explain_shape_error(error.message, module, call.inputs if call else ())
+        if not message:
             return None
-        message, hint = explained
         if module is not None and error.location is not None:
             message += f" (raised at {error.location})"
         location = module.describe() if module is not None else error.location
@@ -79,38 +76,31 @@ class ShapeMismatchCheck(Check):
 
     # -- model mode --------------------------------------------------------------------
     def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
-        """A traced forward of a copy on the setup's batch, then the loss on its output."""
+        """The traced forward of a copy on the setup's batch (the shared probe), then the
+        loss on its output."""
         import torch
 
-        from torchdoctor.hooks import ShapeTracer
-
-        setup = ctx.training_setup()
         if not _model_mode_applies(ctx, "batch"):
             return []
         # what script mode already said, so a model copy does not say it twice
         earlier = ctx.crash_explanations + (self._loss_broadcasts(ctx.run) if ctx.run else [])
-        model = ctx.fresh_model(candidate)
-        inputs, targets = setup.batch(ctx.options.device)
-        tracer = ShapeTracer(model)
+        probe = ctx.forward_probe(candidate)
+        if probe.error is not None:
+            return self._forward_failure(ctx, candidate, probe.error, probe.failed_at, earlier)
+        if not _model_mode_applies(ctx, "loss"):
+            return []
         with torch.no_grad():
-            try:
-                with tracer:
-                    output = _forward(model, inputs)
-            except Exception as exc:
-                return self._forward_failure(ctx, candidate, exc, tracer.failed_at, earlier)
-            if not _model_mode_applies(ctx, "loss"):
-                return []
-            return self._loss_fit(candidate, setup, output, targets, earlier)
+            return self._loss_fit(candidate, ctx.training_setup(), probe.output,
+                                  probe.targets, earlier)
 
     def _forward_failure(self, ctx: CheckContext, candidate: ModelCandidate,
                          exc: BaseException, call: ModuleCall | None,
                          earlier: list[Finding]) -> list[Finding]:
         module = call.module if call else None
-        explained = explain_shape_error(exc, module, call.inputs if call else ())
+        message, hint = explain_shape_error(exc, module, call.inputs if call else ())
         where = module.describe() if module else candidate.name
-        if explained is None or any(where in f.location for f in earlier):
+        if not message or any(where in f.location for f in earlier):
             return []
-        message, hint = explained
         raised_at = _user_line(exc)
         if raised_at:
             message += f" (raised at {raised_at})"
@@ -134,9 +124,8 @@ class ShapeMismatchCheck(Check):
             try:
                 loss_fn(output, targets)
             except Exception as exc:
-                explained = _loss_failure(exc, output, targets)
-                return [self.error(explained[0], location=location, hint=explained[1])
-                        ] if explained else []
+                message, hint = _loss_failure(exc, output, targets)
+                return [self.error(message, location=location, hint=hint)] if message else []
         warned = any(target_size_shapes(str(w.message)) for w in caught)
         if not (warned or (is_elementwise_loss(name) and silent_broadcast(*pair))):
             return []
@@ -165,7 +154,7 @@ def _model_mode_applies(ctx: CheckContext, what: str) -> bool:
     return not (ctx.run.forwards if what == "batch" else ctx.run.losses)
 
 
-def _loss_failure(exc: BaseException, output: Any, targets: Any) -> tuple[str, str] | None:
+def _loss_failure(exc: BaseException, output: Any, targets: Any) -> tuple[str, str]:
     """A loss call that raised: a shape error, or more classes in the targets than the
     model outputs (torch's "Target 9 is out of bounds")."""
     if "out of bounds" in str(exc) and output.dim() >= 2 and not targets.is_floating_point():
@@ -184,15 +173,9 @@ def _callable_name(loss_fn: Any) -> str:
     return name if name and name != "<lambda>" else "the loss"
 
 
-def _forward(model: nn.Module, inputs: Any) -> Any:
-    from torchdoctor.reference.trainer import forward
-
-    return forward(model, inputs)
-
-
 def _user_line(exc: BaseException) -> str:
     """The innermost line of the user's code in the traceback, or ""."""
-    from ._device_mismatch_impl import user_location_of_traceback
+    from torchdoctor.scriptrun.callsite import user_location_of_traceback
 
     found = user_location_of_traceback(exc.__traceback__)
     return str(found) if found else ""

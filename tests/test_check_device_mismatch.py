@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchdoctor.checks._device_mismatch_impl import DeviceError, parse_device_error
 from torchdoctor.checks.device_mismatch import DeviceMismatchCheck
+from torchdoctor.diagnoses.devices import DeviceError, parse_device_error
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
 from torchdoctor.engine.runner import diagnose, diagnose_model
 from torchdoctor.findings import Finding, Report, Severity

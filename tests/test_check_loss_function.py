@@ -14,13 +14,13 @@ from torch import nn
 
 from tests.helpers import assert_ran_quiet
 from tests.models import image_mlp
-from torchdoctor.checks._loss_function_impl import crash_problem
 from torchdoctor.checks.loss_function import LossFunctionCheck
+from torchdoctor.diagnoses.loss_inputs import crash_problem, loss_input_problems
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
 from torchdoctor.engine.runner import diagnose, diagnose_model
 from torchdoctor.findings import TARGET_CHECK_ID, Finding, Report, Severity
 from torchdoctor.reference.trainer import reference_optimizer
-from torchdoctor.scriptrun.observations import ErrorRecord
+from torchdoctor.scriptrun.observations import ErrorRecord, TensorSummary
 
 CHECK = "loss-function"
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
@@ -126,6 +126,22 @@ def test_long_class_targets_are_quiet(tmp_path: Path) -> None:
     report = diagnose(str(path), select=[CHECK])
     assert_ran_quiet(report, CHECK)
     assert report.errors == []
+
+
+def test_nll_loss_sum_after_log_softmax_is_quiet(tmp_path: Path) -> None:
+    """pytorch/examples MNIST: log_softmax output, then F.nll_loss(reduction="sum") in the
+    evaluation loop. The later loss calls are recorded shape-only (no statistics); the
+    NLLLoss rule used to format their missing min/max and crash the check."""
+    path = _program(tmp_path, OUTPUTS="4", LABELS="torch.randint(0, 4, (256,))",
+                    LOSS="nn.NLLLoss(reduction='sum')", TARGET="y",
+                    OUTPUT="torch.log_softmax(self.layers(x), dim=1)")
+    assert_ran_quiet(diagnose(str(path), select=[CHECK]), CHECK)
+
+
+def test_nll_rule_does_not_judge_a_shape_only_summary() -> None:
+    shape_only = TensorSummary((64, 10), "torch.float32", "cpu")  # no statistics
+    labels = TensorSummary((64,), "torch.int64", "cpu", min=0.0, max=9.0)
+    assert loss_input_problems("nll_loss", shape_only, labels, {"reduction": "sum"}) == []
 
 
 # ---------------------------------------------------------------- model mode

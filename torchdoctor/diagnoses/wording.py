@@ -1,4 +1,5 @@
-"""Wording shared by every diagnosis: how lists of names are quoted in a message."""
+"""Wording shared by every diagnosis: how lists of names and shapes are quoted in a
+message."""
 
 from __future__ import annotations
 
@@ -13,3 +14,13 @@ def name_list(names: Sequence[str], shown: int = SHOWN_NAMES) -> str:
     listed = ", ".join(names[:shown])
     more = len(names) - shown
     return f"{listed} and {more} more" if more > 0 else listed
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    """``(64, 1, 28, 28)``: a shape as a tuple of ints."""
+    return str(tuple(int(s) for s in shape))
+
+
+def dtype_name(dtype: object) -> str:
+    """``float32`` for ``torch.float32`` (or its name as a string)."""
+    return str(dtype).replace("torch.", "")

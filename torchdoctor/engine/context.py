@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from torchdoctor.engine.probe import ForwardProbe
+
 DEFAULT_LIMIT_BATCHES = 4
 DEFAULT_MAX_STEPS = 20
 DEFAULT_TIMEOUT = 60.0
@@ -93,6 +95,8 @@ class CheckContext:
     #: the finding that explains the crash which ended the script (at most one, from
     #: the first check whose ``explain_crash`` recognised it); each check reports its own
     crash_explanations: list[Finding] = field(default_factory=list)
+    #: forward probes by candidate (see :meth:`forward_probe`)
+    _probes: dict[int, ForwardProbe] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def modes(self) -> frozenset[str]:
@@ -111,6 +115,17 @@ class CheckContext:
         model.to(self.options.device)
         model.train()
         return model
+
+    def forward_probe(self, candidate: ModelCandidate) -> ForwardProbe:
+        """One traced forward of a copy of ``candidate`` on the setup's batch, run the
+        first time a check asks and shared by every check after it (see
+        :mod:`torchdoctor.engine.probe`). Treat it as read-only."""
+        from torchdoctor.engine.probe import run_probe
+
+        key = id(candidate)
+        if key not in self._probes:
+            self._probes[key] = run_probe(self, candidate)
+        return self._probes[key]
 
     def training_setup(self) -> TrainingSetup:
         """The setup, or an error if the context has none (script-only contexts)."""

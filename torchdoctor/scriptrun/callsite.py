@@ -73,3 +73,31 @@ def user_frame_of_traceback(tb: types.TracebackType | None) -> CodeLocation | No
                                  tb.tb_frame.f_code.co_name)
         tb = tb.tb_next
     return found
+
+
+def user_location_of_traceback(tb: types.TracebackType | None) -> CodeLocation | None:
+    """The innermost frame of the user's code in a traceback (not torch, torchdoctor or
+    its checks): where a diagnosis points."""
+    found = None
+    while tb is not None:
+        if _is_user(tb.tb_frame):
+            found = _location(tb.tb_frame, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def user_location_of_stack(frame: types.FrameType | None) -> CodeLocation | None:
+    """The innermost frame of the user's code on the stack above ``frame``."""
+    while frame is not None:
+        if _is_user(frame):
+            return _location(frame, frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
+def _is_user(frame: types.FrameType) -> bool:
+    return is_user_file(frame.f_code.co_filename)
+
+
+def _location(frame: types.FrameType, line: int) -> CodeLocation:
+    return CodeLocation(display_path(frame.f_code.co_filename), line, frame.f_code.co_name)

@@ -4,26 +4,25 @@ formatting of shapes and dtypes in messages."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from torchdoctor.diagnoses.devices import DEVICE_CHECK as DEVICE_CHECK
+from torchdoctor.diagnoses.loss_inputs import LOSS_CHECK as LOSS_CHECK
+from torchdoctor.diagnoses.loss_rules import LABELS_FROM_ONE_HINT as LABELS_FROM_ONE_HINT
+from torchdoctor.diagnoses.shapes import SHAPE_CHECK as SHAPE_CHECK
+from torchdoctor.diagnoses.shapes import SPLIT_SAMPLES_HINT as SPLIT_SAMPLES_HINT
+from torchdoctor.diagnoses.wording import dtype_name as dtype_name
+from torchdoctor.diagnoses.wording import format_shape as format_shape
 from torchdoctor.errors import DiagnosisError
 from torchdoctor.findings import Finding, Severity
 
-DEVICE_CHECK = "device-mismatch"
-SHAPE_CHECK = "shape-mismatch"
-LOSS_CHECK = "loss-function"
 BATCH_CHECK = "batch"
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
 
-#: the fix when a view()/reshape mixed samples up (wrong batch size downstream)
-SPLIT_SAMPLES_HINT = ("a view()/reshape merged or split samples: flatten with x.flatten(1) "
-                      "or x.view(x.size(0), -1), never x.view(-1, N) with a guessed N")
-#: the fix for class labels 1..C where 0..C-1 is expected
-LABELS_FROM_ONE_HINT = "the labels start at 1: subtract 1 (targets - 1)"
 
 
 def conclude(findings: list[Finding], error: type[DiagnosisError]) -> None:
@@ -41,16 +40,6 @@ def finding_line(finding: Finding) -> str:
     """``message. Fix: hint`` (one line of an error message or warning)."""
     fix = f" Fix: {finding.hint}" if finding.hint else ""
     return f"{finding.message}.{fix}"
-
-
-def format_shape(shape: Sequence[int]) -> str:
-    """``(64, 1, 28, 28)``: a shape as a tuple of ints."""
-    return str(tuple(int(s) for s in shape))
-
-
-def dtype_name(dtype: torch.dtype | str) -> str:
-    """``float32`` for ``torch.float32``."""
-    return str(dtype).replace("torch.", "")
 
 
 def labelled_tensors(value: Any, label: str) -> Iterator[tuple[str, torch.Tensor]]:

@@ -9,6 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses.devices import (
+    MOVE_HINT,
+    PARAMS_OFF_HINT,
+    params_off_device_message,
+    tensor_off_device_message,
+)
 from torchdoctor.diagnoses.wording import name_list
 from torchdoctor.errors import DeviceMismatchError
 from torchdoctor.findings import Finding
@@ -59,16 +65,11 @@ def _model_device_findings(placed: list[tuple[str, str, int]],
     if not stray:
         return []
     names = name_list([f"{name} ({device})" for name, device in stray], 5)
-    message = f"model parameters/buffers {names} are not on {home} like the rest"
-    hint = ("move the whole model once, after building it: model.to(device); a tensor "
-            "made in __init__ must be an nn.Parameter or a buffer (self.register_buffer) "
-            "so that .to() moves it")
-    return [Finding(DEVICE_CHECK, ERROR, message, stray[0][0], hint)]
+    return [Finding(DEVICE_CHECK, ERROR, params_off_device_message(names, home), stray[0][0],
+                    PARAMS_OFF_HINT)]
 
 
 def _tensor_device_finding(label: str, tensor: torch.Tensor, home: str | None) -> Finding:
-    message = (f"{label} {format_shape(tensor.shape)} is on {tensor.device} but the model is "
-               f"on {home}")
-    hint = ("move the model and every batch tensor to one device: model.to(device); "
-            "inputs, targets = inputs.to(device), targets.to(device)")
-    return Finding(DEVICE_CHECK, ERROR, message, label, hint)
+    message = tensor_off_device_message(label, format_shape(tensor.shape), str(tensor.device),
+                                        home)
+    return Finding(DEVICE_CHECK, ERROR, message, label, MOVE_HINT)

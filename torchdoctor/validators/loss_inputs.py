@@ -1,9 +1,9 @@
-"""check_loss_inputs and loss_input_problems: whether a prediction and a target suit a
-loss, and the canonical names of the losses (``F.cross_entropy`` -> ``CrossEntropyLoss``).
+"""check_loss_inputs: whether a prediction and a target suit a loss, raised as an error.
 
-:func:`loss_input_problems` works from :class:`TensorSummary` objects only, so the checks
-run it on a script's observations; the rules per loss are in
-:mod:`torchdoctor.validators.loss_rules`.
+The judgement is :func:`torchdoctor.diagnoses.loss_inputs.loss_input_problems`'s (the
+``loss-function`` check uses the same); this module turns live tensors into summaries
+and the problems into :class:`~torchdoctor.errors.LossInputError` /
+:class:`~torchdoctor.errors.ShapeError`.
 """
 
 from __future__ import annotations
@@ -14,36 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses.loss_inputs import canonical_loss_name, loss_input_problems
+from torchdoctor.diagnoses.loss_rules import SHAPE_KINDS
 from torchdoctor.errors import LossInputError, ShapeError
 from torchdoctor.findings import Finding
-from torchdoctor.scriptrun.observations import TensorSummary
 from torchdoctor.tensors import summarize
 from torchdoctor.validators.common import ERROR, LOSS_CHECK, conclude
-from torchdoctor.validators.loss_rules import (
-    RULES,
-    SHAPE_KINDS,
-    LossInputProblem,
-    common_problems,
-)
 
-_LOSS_NAMES = {
-    "crossentropyloss": "CrossEntropyLoss", "cross_entropy": "CrossEntropyLoss",
-    "nllloss": "NLLLoss", "nll_loss": "NLLLoss",
-    "bcewithlogitsloss": "BCEWithLogitsLoss",
-    "binary_cross_entropy_with_logits": "BCEWithLogitsLoss",
-    "bceloss": "BCELoss", "binary_cross_entropy": "BCELoss",
-    "mseloss": "MSELoss", "mse_loss": "MSELoss", "l1loss": "L1Loss", "l1_loss": "L1Loss",
-    "smoothl1loss": "SmoothL1Loss", "smooth_l1_loss": "SmoothL1Loss",
-    "huberloss": "HuberLoss", "huber_loss": "HuberLoss",
-    "kldivloss": "KLDivLoss", "kl_div": "KLDivLoss",
-}
-
-
-def canonical_loss_name(name: str) -> str:
-    """``CrossEntropyLoss`` for ``F.cross_entropy``, ``torch.nn.CrossEntropyLoss``..."""
-    short = name.rsplit(".", 1)[-1]
-    return _LOSS_NAMES.get(short.lower(), short)
-
+__all__ = ["canonical_loss_name", "check_loss_inputs", "loss_input_problems", "loss_name_of"]
 
 def loss_name_of(loss_fn: Any) -> str:
     """The canonical name of a loss module, functional loss or ``functools.partial``."""
@@ -79,20 +57,3 @@ def check_loss_inputs(prediction: torch.Tensor, target: Any,
                 for p in problems]
     shape_error = any(p.severity is ERROR and p.kind in SHAPE_KINDS for p in problems)
     conclude(findings, ShapeError if shape_error else LossInputError)
-
-
-def loss_input_problems(loss_name: str, prediction: TensorSummary,
-                        target: TensorSummary | None,
-                        options: dict[str, str] | None = None) -> list[LossInputProblem]:
-    """What is wrong with feeding ``prediction`` and ``target`` to the loss
-    ``loss_name`` (``CrossEntropyLoss``, ``cross_entropy``, ``torch.nn.MSELoss``...),
-    from summaries only. Each problem unpacks as ``(severity, message, hint)``
-    (severity ``"error"`` or ``"warning"``) and has a ``kind``. ``options`` are the
-    loss's settings as strings; ``ignore_index`` (default -100) is honoured. Empty when
-    all is well or the loss is unknown."""
-    name = canonical_loss_name(loss_name)
-    problems = common_problems(prediction, target)
-    if problems or name not in RULES:
-        return problems
-    ignore_index = int((options or {}).get("ignore_index", -100))
-    return RULES[name](prediction, target, ignore_index)

@@ -1,108 +1,26 @@
-"""Helpers of the device-mismatch check: reading torch's device errors, finding tensors a
-module holds outside its parameters and buffers, and spotting tensors that forward
+"""Finding device bugs a CPU-only machine hides: tensors and modules a model keeps as
+plain attributes (``model.to(device)`` does not move them), and tensors that forward
 creates on a fixed device.
 
-The last needs a GPU to show up for real. Instead, a copy of the model and the batch go
-to the ``meta`` device and a torch function mode watches every operation: a tensor that
-is not on ``meta`` there would have stayed on the CPU while the rest moved to the GPU.
-Only the checks' helpers import torch, and only inside functions.
+The latter needs a GPU to show up for real. Instead, a copy of the model and the batch
+go to the ``meta`` device and a torch function mode watches every operation: a tensor
+that is not on ``meta`` there would have stayed on the CPU while the rest moved to the
+GPU. The words for what is found are :mod:`torchdoctor.diagnoses.devices`'. No torch
+import at module level.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
 import re
-import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from torchdoctor.scriptrun.callsite import user_location_of_stack
 from torchdoctor.scriptrun.observations import CodeLocation
 
 if TYPE_CHECKING:
     from torch import nn
-
-_HERE = os.path.dirname(os.path.realpath(__file__)) + os.sep
-
-#: torch's messages for tensors on different devices; groups ``a``/``b`` name the devices
-DEVICE_ERRORS = [
-    re.compile(r"found at least two devices, (?P<a>[\w:]+) and (?P<b>[\w:]+)"),
-    re.compile(r"(?P<what>\w+) is on (?P<a>[\w:]+), different from other tensors on "
-               r"(?P<b>[\w:]+)"),
-    re.compile(r"Expected all tensors to be on the same device"),
-    re.compile(r"Tensor on device (?P<a>[\w:]+) is not on the expected device (?P<b>[\w:]+)"),
-    re.compile(r"Input type \((?P<a>[\w.]+)\) and (?:weight|bias) type \((?P<b>[\w.]+)\) "
-               r"should be the same"),
-    re.compile(r"Expected object of device type (?P<b>\w+) but got device type (?P<a>\w+)"),
-    re.compile(r"found input tensor at (?P<a>[\w:]+) and (?:parameter|hidden) tensor at "
-               r"(?P<b>[\w:]+)"),
-    re.compile(r"is on (?P<a>CPU|GPU), but expected (?:it|them) to be on (?P<b>CPU|GPU)"),
-]
-
-
-@dataclass(frozen=True)
-class DeviceError:
-    """A device error read from torch's message: the two devices, when it names them."""
-
-    first: str = ""
-    second: str = ""
-
-
-def _device_of(text: str) -> str:
-    """``cuda`` for ``torch.cuda.FloatTensor``/``CUDAFloatType``/``cuda:0``, and so on."""
-    lowered = text.lower()
-    for kind in ("cuda", "meta", "mps", "xpu"):
-        if kind in lowered:
-            return text if text.startswith(kind) else kind
-    return "cuda" if lowered == "gpu" else "cpu"
-
-
-def parse_device_error(message: str) -> DeviceError | None:
-    """The devices in a torch device error, or None if ``message`` is no device error
-    (an "Input type ... and weight type ..." error on one device is a dtype error)."""
-    for pattern in DEVICE_ERRORS:
-        found = pattern.search(message)
-        if found is None:
-            continue
-        names = found.groupdict()
-        if "a" not in names:
-            return DeviceError()
-        first, second = _device_of(names["a"]), _device_of(names["b"])
-        return DeviceError(first, second) if first != second else None
-    return None
-
-
-def user_location_of_traceback(tb: types.TracebackType | None) -> CodeLocation | None:
-    """The innermost frame of the user's code in a traceback (not torch, torchdoctor or
-    its checks)."""
-    found = None
-    while tb is not None:
-        if _is_user(tb.tb_frame):
-            found = _location(tb.tb_frame, tb.tb_lineno)
-        tb = tb.tb_next
-    return found
-
-
-def user_location_of_stack(frame: types.FrameType | None) -> CodeLocation | None:
-    """The innermost frame of the user's code on the stack above ``frame``."""
-    while frame is not None:
-        if _is_user(frame):
-            return _location(frame, frame.f_lineno)
-        frame = frame.f_back
-    return None
-
-
-def _is_user(frame: types.FrameType) -> bool:
-    from torchdoctor.scriptrun.callsite import is_user_file
-
-    path = frame.f_code.co_filename
-    return is_user_file(path) and not os.path.realpath(path).startswith(_HERE)
-
-
-def _location(frame: types.FrameType, line: int) -> CodeLocation:
-    from torchdoctor.scriptrun.callsite import display_path
-
-    return CodeLocation(display_path(frame.f_code.co_filename), line, frame.f_code.co_name)
 
 
 # -- tensors a module holds outside its parameters and buffers -----------------------------
