@@ -4,9 +4,10 @@ Script mode reads the first :class:`~torchdoctor.observations.NonFiniteRecord` o
 run (the instrument already localised it by replaying the bad step with per-module
 hooks) and the forward/loss/step records around it. Model mode trains a copy on one
 batch for up to 30 steps and, at the first non-finite value, replays that step with
-hooks (see ``_nan_loss_replay``); it runs only when script mode found nothing, so one
-NaN is not reported twice. Both reduce what they saw to an ``Evidence`` that the
-table in ``_nan_loss_causes`` turns into a likely cause and its fix.
+hooks (:mod:`torchdoctor.diagnoses.nonfinite_replay`); it runs only when script mode
+found nothing, so one NaN is not reported twice. Both reduce what they saw to an
+``Evidence`` that :mod:`torchdoctor.diagnoses.nonfinite` (shared with ``watch()``, the
+hooks and ``assert_finite``) turns into the words, a likely cause and its fix.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from typing import TYPE_CHECKING
 
 from torchdoctor.check import Check, SkipCheck
+from torchdoctor.diagnoses.nonfinite import Evidence, describe_module, explain
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
@@ -26,25 +28,6 @@ if TYPE_CHECKING:
         ScriptRun,
         StepRecord,
     )
-
-    from ._nan_loss_causes import Evidence
-
-#: how each kind of first non-finite value is announced
-_WHAT = {
-    "loss": "the loss became NaN/inf",
-    "activation": "a forward pass produced NaN/inf (and so did the loss)",
-    "gradient": "gradients became NaN/inf",
-    "parameter": "the weights became NaN/inf",
-    "input": "the input batch holds NaN/inf",
-}
-#: how the place of the first non-finite value is introduced, by kind
-_WHERE = {
-    "loss": "produced by",
-    "activation": "first module with a non-finite output:",
-    "gradient": "first non-finite gradient:",
-    "parameter": "first non-finite parameter:",
-    "input": "in",
-}
 
 
 class NanLossCheck(Check):
@@ -81,32 +64,19 @@ class NanLossCheck(Check):
         return [self._finding(evidence, location, f"{candidate.name}: ")]
 
     def _finding(self, evidence: Evidence, location: object, prefix: str = "") -> Finding:
-        from ._nan_loss_causes import classify
-
-        cause, because = classify(evidence)
-        what = _WHAT.get(evidence.kind, "a NaN/inf appeared")
-        where = f"; {_WHERE.get(evidence.kind, 'in')} {evidence.where}" if evidence.where else ""
-        message = (f"{prefix}{what} {_when(evidence.steps_before)}{where}. "
-                   f"Likely cause: {cause.title}: {because}.")
-        return self.error(message, location=location, hint=cause.hint)
-
-
-def _when(steps: int) -> str:
-    if steps == 0:
-        return "at the very first step (before any optimizer step)"
-    return f"after {steps} optimizer step{'s' if steps != 1 else ''}"
+        message, hint = explain(evidence, prefix)
+        return self.error(message, location=location, hint=hint)
 
 
 def _probe(ctx: CheckContext, candidate: ModelCandidate) -> Evidence | None:
-    from ._nan_loss_replay import probe
+    from torchdoctor.diagnoses.nonfinite_replay import train_until_nonfinite
 
-    return probe(ctx.fresh_model(candidate), ctx.training_setup(), ctx.options.device)
+    return train_until_nonfinite(ctx.fresh_model(candidate), ctx.training_setup(),
+                                 ctx.options.device)
 
 
 def _script_evidence(run: ScriptRun, record: NonFiniteRecord) -> Evidence:
     """The evidence about ``record``, completed from the records of the same step."""
-    from ._nan_loss_causes import Evidence
-
     forward = _forward_at(run, record.step_count)
     loss = _loss_at(run, record.step_count)
     step = _last_step_before(run, record.step_count)
@@ -151,8 +121,6 @@ def _last_step_before(run: ScriptRun, step_count: int) -> StepRecord | None:
 
 def _script_where(record: NonFiniteRecord, loss: LossRecord | None,
                   inputs_finite: bool) -> str:
-    from ._nan_loss_causes import describe_module
-
     if record.module is not None:
         return describe_module(record.module, made_here=inputs_finite)
     if record.kind == "loss":

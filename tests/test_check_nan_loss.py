@@ -12,8 +12,8 @@ from torch import nn
 
 from tests.helpers import assert_ran_quiet
 from torchdoctor.check import SkipCheck
-from torchdoctor.checks._nan_loss_causes import Evidence, classify, loss_rose
 from torchdoctor.checks.nan_loss import NanLossCheck
+from torchdoctor.diagnoses.nonfinite import Evidence, classify, loss_rose
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
 from torchdoctor.engine.runner import diagnose, diagnose_model, run_one_check
 from torchdoctor.findings import Finding, Outcome, Report, Severity

@@ -105,23 +105,6 @@ def _probability_shape(data: torch.Tensor) -> tuple[bool, bool]:
     return is_prob, is_log_prob
 
 
-@torch.no_grad()
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every element of every tensor is finite, in a few fused kernels.
-
-    The norm of each tensor is NaN/inf when any element is; a norm can also overflow to
-    inf for huge finite values, so a non-finite norm is confirmed element-wise.
-    """
-    floats = [t.detach() for t in tensors if t.is_floating_point() and t.numel()
-              and t.device.type != "meta"]
-    if not floats:
-        return True
-    norms = torch._foreach_norm(floats)
-    if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
-        return True
-    return all(bool(torch.isfinite(t).all()) for t in floats)
-
-
 def shape_only(tensor: torch.Tensor) -> TensorSummary:
     """Shape, dtype and device, without statistics (no kernels run)."""
     return TensorSummary(tuple(int(s) for s in tensor.shape), str(tensor.dtype),

@@ -12,7 +12,14 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from torchdoctor.diagnoses.loss_rules import ERROR, RULES, LossInputProblem, common_problems
+from torchdoctor.diagnoses.loss_rules import (
+    ERROR,
+    RULES,
+    SHAPE_KINDS,
+    LossInputProblem,
+    common_problems,
+)
+from torchdoctor.diagnoses.shapes import SHAPE_CHECK
 
 if TYPE_CHECKING:
     from torchdoctor.scriptrun.observations import ErrorRecord, TensorSummary
@@ -63,6 +70,16 @@ def loss_input_problems(loss_name: str, prediction: TensorSummary,
         return problems
     ignore_index = int((options or {}).get("ignore_index", -100))
     return RULES[name](prediction, target, ignore_index)
+
+
+def finding_id(loss: str, problem: LossInputProblem) -> str:
+    """The id a problem is reported under, whichever front end finds it: a
+    classification loss's problems are ``loss-function``'s; the shape problems of the
+    other losses (a silent broadcast in MSELoss) are ``shape-mismatch``'s, as the checks
+    divide them."""
+    if canonical_loss_name(loss) not in CLASSIFICATION_LOSSES and problem.kind in SHAPE_KINDS:
+        return SHAPE_CHECK
+    return LOSS_CHECK
 
 
 def classification_problems(loss: str, prediction: TensorSummary,

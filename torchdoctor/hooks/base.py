@@ -2,7 +2,7 @@
 
 :class:`HookSet` owns the hook handles and removes them all on exit; the helpers turn
 modules and tensors into the picklable records of :mod:`torchdoctor.observations` and
-test nested values for NaN/inf without keeping any tensor.
+test nested values for NaN/inf (with :mod:`torchdoctor.diagnoses.nonfinite`'s test).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from torchdoctor.diagnoses.nonfinite import all_finite as all_finite
+from torchdoctor.diagnoses.nonfinite import first_nonfinite as first_nonfinite
 from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 from torchdoctor.tensors import iter_tensors
 
@@ -31,19 +33,6 @@ def shape_summary(tensor: torch.Tensor) -> TensorSummary:
 def shape_summaries(value: Any) -> tuple[TensorSummary, ...]:
     """Cheap summaries of every tensor in a nested value (non-tensors are skipped)."""
     return tuple(shape_summary(t) for t in iter_tensors(value))
-
-
-def first_nonfinite(value: Any) -> torch.Tensor | None:
-    """The first floating tensor in a nested value holding NaN/inf, or None.
-
-    Meta tensors have no values and are skipped."""
-    return next((t for t in iter_tensors(value) if t.is_floating_point()
-                 and t.device.type != "meta" and not bool(torch.isfinite(t).all())), None)
-
-
-def all_finite(value: Any) -> bool:
-    """Whether every floating tensor in a nested value is free of NaN/inf."""
-    return first_nonfinite(value) is None
 
 
 def call_inputs(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> tuple[Any, ...]:

@@ -14,14 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchdoctor.findings import Finding, Severity
-from torchdoctor.hooks.base import all_finite, first_nonfinite
-from torchdoctor.hooks.nonfinite import (
-    NONFINITE_CHECK_ID,
-    NonFiniteHit,
-    NonFiniteTracer,
+from torchdoctor.diagnoses.nonfinite import (
+    all_finite,
+    backward_op_finding,
+    first_nonfinite,
     gradient_finding,
+    inputs_finding,
+    loss_made_it_finding,
 )
+from torchdoctor.findings import Finding
+from torchdoctor.hooks.nonfinite import NonFiniteHit, NonFiniteTracer
 from torchdoctor.hooks.replica import clone_tensors, copy_without_hooks, cuda_indices
 from torchdoctor.scriptrun.observations import TensorSummary
 from torchdoctor.tensors import iter_tensors, summarize
@@ -132,22 +134,12 @@ def _report_findings(report: NonFiniteReport, tracer: NonFiniteTracer) -> list[F
     """The finding for what went non-finite first (what follows from it is not repeated)."""
     kind = report.kind
     if kind == "input":
-        return [Finding(NONFINITE_CHECK_ID, Severity.ERROR, "the inputs hold NaN/inf",
-                        "inputs", "check the data: torchdoctor.validators.check_batch")]
+        return [inputs_finding()]
     if kind == "activation":
         return tracer.findings()
     if kind == "loss":
-        return [Finding(
-            NONFINITE_CHECK_ID, Severity.ERROR,
-            f"the model's output is finite but the loss is {report.loss}: the loss "
-            "function made the NaN/inf", "loss",
-            "use a numerically stable loss (CrossEntropyLoss/BCEWithLogitsLoss on logits "
-            "instead of log(softmax) or log(sigmoid)), or clamp before log: x.clamp_min(1e-8)")]
+        return [loss_made_it_finding(report.loss)]
     found = [] if report.first_gradient is None else [gradient_finding(report.first_gradient)]
     if report.backward_op:
-        found.append(Finding(NONFINITE_CHECK_ID, Severity.ERROR,
-                             f"backward op {report.backward_op} returned NaN", "backward",
-                             "the op's derivative is infinite at these values (sqrt/log "
-                             "at 0, division by zero, the torch.where trap): add an epsilon "
-                             "or clamp the input"))
+        found.append(backward_op_finding(report.backward_op))
     return found

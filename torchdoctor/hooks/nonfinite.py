@@ -10,14 +10,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses.nonfinite import NONFINITE_CHECK_ID as NONFINITE_CHECK_ID
+from torchdoctor.diagnoses.nonfinite import (
+    all_finite,
+    first_nonfinite,
+    gradient_finding,
+    output_finding,
+)
 from torchdoctor.errors import NonFiniteError
-from torchdoctor.findings import Finding, Severity
-from torchdoctor.hooks.base import HookSet, all_finite, first_nonfinite, module_info
+from torchdoctor.findings import Finding
+from torchdoctor.hooks.base import HookSet, module_info
 from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 from torchdoctor.tensors import summarize
-
-#: check id of the findings made from non-finite values (the nan-loss check's id)
-NONFINITE_CHECK_ID = "nan-loss"
 
 
 @dataclass(frozen=True)
@@ -146,38 +150,6 @@ class NonFiniteTracer(HookSet):
         found = self.findings()
         if found:
             raise NonFiniteError(_join(found), found)
-
-
-def output_finding(hit: NonFiniteHit, model_inputs_finite: bool | None) -> Finding:
-    """The finding for a module output holding NaN/inf: made there, received from the
-    data, or made by tensor code between modules."""
-    where = hit.module.describe()
-    if hit.inputs_finite:
-        message = (f"{where} produced NaN/inf (output {hit.summary.describe()}) from finite "
-                   "inputs")
-        hint = ("look at this module's computation: a division by zero, log/sqrt of "
-                "values <= 0, exp overflow, or weights that already hold NaN/inf")
-    elif model_inputs_finite is False:
-        message = f"the model's inputs already hold NaN/inf (first seen in {where})"
-        hint = "check the data: torchdoctor.validators.check_batch(batch)"
-    else:
-        parent = hit.qualname.rpartition(".")[0] or "<model>"
-        message = (f"{where} received NaN/inf: it arose in code between modules, "
-                   f"in the forward of {parent}")
-        hint = f"look at the tensor operations in {parent}.forward before {hit.qualname}"
-    return Finding(NONFINITE_CHECK_ID, Severity.ERROR, message, hit.module.describe(), hint)
-
-
-def gradient_finding(hit: NonFiniteHit) -> Finding:
-    """The finding for a parameter gradient holding NaN/inf."""
-    if not hit.inputs_finite:
-        message = f"parameter {hit.qualname} itself holds NaN/inf, and so does its gradient"
-        hint = "an earlier optimizer step broke it: lower the learning rate, clip gradients"
-    else:
-        message = f"the gradient of {hit.qualname} holds NaN/inf ({hit.summary.describe()})"
-        hint = ("find the backward op with localize_nonfinite(..., anomaly=True); clip "
-                "gradients (torch.nn.utils.clip_grad_norm_) or lower the learning rate")
-    return Finding(NONFINITE_CHECK_ID, Severity.ERROR, message, hit.qualname, hint)
 
 
 def _join(found: list[Finding]) -> str:

@@ -78,17 +78,16 @@ def first_nonfinite(window: Window, layout: ParamLayout) -> NonFiniteEvent | Non
 
 def nonfinite_finding(event: NonFiniteEvent, world: int) -> Finding:
     """The finding for a first NaN/inf (before localisation)."""
+    from torchdoctor.diagnoses.nonfinite import NONFINITE_CHECK_ID, UNKNOWN, WHAT
+    from torchdoctor.diagnoses.wording import name_list
+
     ranks = f" (on at least one of {world} ranks)" if world > 1 else ""
-    if event.kind == "loss":
-        message = f"the loss became NaN/inf at step {event.step}{ranks}"
-    else:
-        message = f"the gradients became NaN/inf at step {event.step}{ranks}"
+    message = f"{WHAT[event.kind]} at step {event.step}{ranks}"
     if event.params:
-        shown = ", ".join(event.params[:4]) + (" ..." if len(event.params) > 4 else "")
-        message += f"; non-finite gradients in {shown}"
-    hint = ("lower the learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), "
-            "and look for log/sqrt/division of values that can reach 0 or below")
-    return _finding("nan-loss", Severity.ERROR, message, f"step {event.step}", hint)
+        message += f"; non-finite gradients in {name_list(event.params, 4)}"
+    # not localised or classified yet: the fix for every cause
+    return _finding(NONFINITE_CHECK_ID, Severity.ERROR, message, f"step {event.step}",
+                    UNKNOWN.hint)
 
 
 class GradientNorms:

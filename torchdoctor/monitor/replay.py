@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from torchdoctor.findings import Finding, Severity
+from torchdoctor.diagnoses.nonfinite import loss_made_it_finding
+from torchdoctor.findings import Finding
 from torchdoctor.monitor.analysis import NonFiniteEvent, nonfinite_finding
 from torchdoctor.monitor.stats import Window
 
@@ -50,11 +51,7 @@ def replay(event: NonFiniteEvent, model: nn.Module, inputs: Inputs | None,
     prefix = f"replaying step {event.step}: "
     found = [_prefix(f, prefix) for f in report.findings]
     if not found and report.output_finite and event.kind == "loss":
-        found.append(Finding(
-            "nan-loss", Severity.ERROR, prefix + "the model's output was finite, so the "
-            "loss computation made the NaN/inf", "loss",
-            "use a numerically stable loss (CrossEntropyLoss/BCEWithLogitsLoss on "
-            "logits), clamp before log, and check the targets"))
+        found.append(loss_made_it_finding(prefix=prefix))
     return found
 
 

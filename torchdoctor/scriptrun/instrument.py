@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from torchdoctor.diagnoses.gradcarry import GradCarryDetector
+from torchdoctor.diagnoses.nonfinite import all_finite
 from torchdoctor.engine.context import CheckOptions
 from torchdoctor.scriptrun.budget import LimitedIterator, PhaseTimer, StepBudget
 from torchdoctor.scriptrun.callsite import user_callsite
@@ -46,7 +47,6 @@ from torchdoctor.scriptrun.observations import (
     StepRecord,
 )
 from torchdoctor.tensors import (
-    all_finite,
     deepcopy_module,
     first_tensor,
     iter_tensors,

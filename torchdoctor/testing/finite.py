@@ -1,4 +1,8 @@
-"""``assert_finite``: NaN and inf in tensors, nested structures and whole modules."""
+"""``assert_finite``: NaN and inf in tensors, nested structures and whole modules.
+
+The finiteness test and the finding id are :mod:`torchdoctor.diagnoses.nonfinite`'s
+(``nan-loss``, as from the check and ``watch()``); the words here count the values and
+name the tensor's place, which only an assertion on a given structure knows."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses.nonfinite import NONFINITE_CHECK_ID, all_finite
 from torchdoctor.findings import Finding
 from torchdoctor.testing.describe import dtype_name, has_values, owner_type, shape_text
 from torchdoctor.testing.errors import error, fail
@@ -63,7 +68,7 @@ _FINITE_HINTS = {
 
 def _finite_finding(leaf: _Leaf) -> Finding | None:
     tensor = leaf.tensor
-    if not has_values(tensor):
+    if not has_values(tensor) or all_finite(tensor):
         return None
     nan = int(torch.isnan(tensor).sum())
     inf = int(torch.isinf(tensor).sum())
@@ -74,7 +79,7 @@ def _finite_finding(leaf: _Leaf) -> Finding | None:
     message = (f"{what} ({owner}shape {shape_text(tensor)}, {dtype_name(tensor)}) holds "
                f"{nan} NaN and {inf} inf among {tensor.numel()} values")
     location = f"{leaf.path} ({leaf.owner})" if leaf.owner else leaf.path
-    return error("finite", message, location, _FINITE_HINTS[leaf.kind])
+    return error(NONFINITE_CHECK_ID, message, location, _FINITE_HINTS[leaf.kind])
 
 
 def assert_finite(value: Any, *, name: str = "value") -> None:

@@ -14,12 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchdoctor.diagnoses.loss_inputs import canonical_loss_name, loss_input_problems
+from torchdoctor.diagnoses.loss_inputs import (
+    canonical_loss_name,
+    finding_id,
+    loss_input_problems,
+)
 from torchdoctor.diagnoses.loss_rules import SHAPE_KINDS
 from torchdoctor.errors import LossInputError, ShapeError
 from torchdoctor.findings import Finding
 from torchdoctor.tensors import summarize
-from torchdoctor.validators.common import ERROR, LOSS_CHECK, conclude
+from torchdoctor.validators.common import ERROR, conclude
 
 __all__ = ["canonical_loss_name", "check_loss_inputs", "loss_input_problems", "loss_name_of"]
 
@@ -53,7 +57,7 @@ def check_loss_inputs(prediction: torch.Tensor, target: Any,
     target_summary = summarize(target) if isinstance(target, torch.Tensor) else None
     problems = loss_input_problems(name, summarize(prediction), target_summary,
                                    _loss_options(loss_fn))
-    findings = [Finding(LOSS_CHECK, p.severity, p.message, canonical_loss_name(name), p.hint)
-                for p in problems]
+    findings = [Finding(finding_id(name, p), p.severity, p.message, canonical_loss_name(name),
+                        p.hint) for p in problems]
     shape_error = any(p.severity is ERROR and p.kind in SHAPE_KINDS for p in problems)
     conclude(findings, ShapeError if shape_error else LossInputError)

@@ -1,8 +1,14 @@
-"""Why a loss, gradient or parameter went NaN/inf: a small table-driven classifier.
+"""NaN/inf in the loss, the gradients, the weights or the activations: the finiteness
+test, the words of every non-finite finding, and why it happened.
 
-Both modes of the ``nan-loss`` check reduce what they saw to one :class:`Evidence`;
-:func:`classify` walks :data:`CAUSES` in order and returns the first cause whose rule
-holds. The order encodes how certain each rule is:
+The one home of this bug class. The ``nan-loss`` check, ``watch()``,
+:func:`torchdoctor.testing.assert_finite`, the script instrument and
+:func:`torchdoctor.hooks.localize_nonfinite` all test finiteness with :func:`all_finite`
+and word their findings here; the replays are :mod:`torchdoctor.diagnoses.nonfinite_replay`'s.
+
+Why: both modes of the ``nan-loss`` check reduce what they saw to one
+:class:`Evidence`; :func:`classify` walks :data:`CAUSES` in order and returns the first
+cause whose rule holds. The order encodes how certain each rule is:
 
 =================  ===================================================  ==================
 cause              rule (on the evidence)                               fix
@@ -18,7 +24,7 @@ cause              rule (on the evidence)                               fix
 ``unknown``        none of the above                                    all of the above
 =================  ===================================================  ==================
 
-No torch import: the evidence is plain data.
+No torch import at module level: the evidence is plain data.
 """
 
 from __future__ import annotations
@@ -27,10 +33,123 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from torchdoctor.findings import Finding, Severity
 
 if TYPE_CHECKING:
+    import torch
+
+    from torchdoctor.hooks.nonfinite import NonFiniteHit
     from torchdoctor.scriptrun.observations import ModuleInfo
+
+#: the finding id of non-finite values, whichever front end finds them
+NONFINITE_CHECK_ID = "nan-loss"
+
+
+# -- the finiteness test -------------------------------------------------------------------
+
+def _floats(value: Any) -> list[torch.Tensor]:
+    from torchdoctor.tensors import iter_tensors
+
+    return [t for t in iter_tensors(value) if t.is_floating_point() and t.numel()
+            and t.device.type != "meta"]
+
+
+def all_finite(value: Any) -> bool:
+    """Whether every floating tensor in ``value`` (a tensor, or nested lists, tuples and
+    dicts of them) is free of NaN/inf. Meta and empty tensors have no values to test.
+
+    One fused norm per call instead of an isfinite per tensor (it runs on every step);
+    a norm can overflow to inf for huge finite values, so a non-finite norm is
+    confirmed value by value.
+    """
+    import torch
+
+    floats = [t.detach() for t in _floats(value)]
+    if not floats:
+        return True
+    with torch.no_grad():
+        norms = torch._foreach_norm(floats)
+        if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+            return True
+        return all(bool(torch.isfinite(t).all()) for t in floats)
+
+
+def first_nonfinite(value: Any) -> torch.Tensor | None:
+    """The first floating tensor in a nested value holding NaN/inf, or None."""
+    import torch
+
+    return next((t for t in _floats(value) if not bool(torch.isfinite(t.detach()).all())),
+                None)
+
+
+# -- the words of the localised findings (replays, hooks) --------------------------------------
+
+#: the fix when the loss function itself made the NaN/inf from a finite output
+LOSS_MADE_IT_HINT = ("use a numerically stable loss (CrossEntropyLoss/BCEWithLogitsLoss on "
+                     "logits instead of log(softmax) or log(sigmoid)), clamp before log: "
+                     "x.clamp_min(1e-8), and check the targets")
+
+
+def _finding(message: str, location: str, hint: str) -> Finding:
+    return Finding(NONFINITE_CHECK_ID, Severity.ERROR, message, location, hint)
+
+
+def inputs_finding() -> Finding:
+    """The model's inputs already held NaN/inf."""
+    return _finding("the inputs hold NaN/inf", "inputs",
+                    "check the data: torchdoctor.validators.check_batch(batch)")
+
+
+def loss_made_it_finding(loss: float | None = None, prefix: str = "") -> Finding:
+    """A finite model output went into the loss, and the loss was NaN/inf."""
+    value = f" ({loss})" if loss is not None else ""
+    return _finding(f"{prefix}the model's output was finite but the loss was not{value}: "
+                    "the loss computation made the NaN/inf", "loss", LOSS_MADE_IT_HINT)
+
+
+def output_finding(hit: NonFiniteHit, model_inputs_finite: bool | None) -> Finding:
+    """The finding for a module output holding NaN/inf: made there, received from the
+    data, or made by tensor code between modules."""
+    where = hit.module.describe()
+    if hit.inputs_finite:
+        message = (f"{where} produced NaN/inf (output {hit.summary.describe()}) from finite "
+                   "inputs")
+        hint = ("look at this module's computation: a division by zero, log/sqrt of "
+                "values <= 0, exp overflow, or weights that already hold NaN/inf")
+    elif model_inputs_finite is False:
+        message = f"the model's inputs already hold NaN/inf (first seen in {where})"
+        hint = "check the data: torchdoctor.validators.check_batch(batch)"
+    else:
+        parent = hit.qualname.rpartition(".")[0] or "<model>"
+        message = (f"{where} received NaN/inf: it arose in code between modules, "
+                   f"in the forward of {parent}")
+        hint = f"look at the tensor operations in {parent}.forward before {hit.qualname}"
+    return _finding(message, where, hint)
+
+
+def gradient_finding(hit: NonFiniteHit) -> Finding:
+    """The finding for a parameter gradient holding NaN/inf."""
+    if not hit.inputs_finite:
+        message = f"parameter {hit.qualname} itself holds NaN/inf, and so does its gradient"
+        hint = "an earlier optimizer step broke it: lower the learning rate, clip gradients"
+    else:
+        message = f"the gradient of {hit.qualname} holds NaN/inf ({hit.summary.describe()})"
+        hint = ("find the backward op with localize_nonfinite(..., anomaly=True); clip "
+                "gradients (torch.nn.utils.clip_grad_norm_) or lower the learning rate")
+    return _finding(message, hit.qualname, hint)
+
+
+def backward_op_finding(op: str) -> Finding:
+    """Anomaly mode named the backward op that returned NaN."""
+    return _finding(f"backward op {op} returned NaN", "backward",
+                    "the op's derivative is infinite at these values (sqrt/log at 0, "
+                    "division by zero, the torch.where trap): add an epsilon or clamp the "
+                    "input")
+
+
+# -- why: the cause table ------------------------------------------------------------------
 
 #: Learning rates at or above which a step counts as "large", by optimizer type.
 #: Adaptive optimizers normalise the gradient, so their lr is the step size itself.
@@ -194,3 +313,40 @@ def classify(ev: Evidence) -> tuple[Cause, str]:
     """The likely cause of ``ev`` and the reason (a phrase quoting the evidence)."""
     cause = next((c for c in CAUSES if c.applies(ev)), UNKNOWN)
     return cause, cause.because(ev)
+
+
+# -- the nan-loss finding: what, when, where, why and the fix --------------------------------
+
+#: how each kind of first non-finite value is announced
+WHAT = {
+    "loss": "the loss became NaN/inf",
+    "activation": "a forward pass produced NaN/inf (and so did the loss)",
+    "gradient": "gradients became NaN/inf",
+    "parameter": "the weights became NaN/inf",
+    "input": "the input batch holds NaN/inf",
+}
+#: how the place of the first non-finite value is introduced, by kind
+_WHERE = {
+    "loss": "produced by",
+    "activation": "first module with a non-finite output:",
+    "gradient": "first non-finite gradient:",
+    "parameter": "first non-finite parameter:",
+    "input": "in",
+}
+
+
+def when(steps: int) -> str:
+    """``after 3 optimizer steps`` / ``at the very first step (...)``."""
+    if steps == 0:
+        return "at the very first step (before any optimizer step)"
+    return f"after {steps} optimizer step{'s' if steps != 1 else ''}"
+
+
+def explain(ev: Evidence, prefix: str = "") -> tuple[str, str]:
+    """``(message, fix)`` of the finding about ``ev``: what went non-finite, when,
+    where, the likely cause and why."""
+    cause, because = classify(ev)
+    what = WHAT.get(ev.kind, "a NaN/inf appeared")
+    where = f"; {_WHERE.get(ev.kind, 'in')} {ev.where}" if ev.where else ""
+    return (f"{prefix}{what} {when(ev.steps_before)}{where}. "
+            f"Likely cause: {cause.title}: {because}.", cause.hint)
