@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from torchdoctor.check import Check
 from torchdoctor.diagnoses.devices import (
     CREATE_ON_INPUT_DEVICE_HINT,
+    DEVICE_CHECK,
     MOVE_HINT,
     crash_message,
     meta_failure_text,
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 class DeviceMismatchCheck(Check):
     """Device crashes translated, and device bugs that only a GPU would show."""
 
-    id = "device-mismatch"
+    id = DEVICE_CHECK
     summary = ("tensors on different devices: the crash, and fixed-device tensors or "
                "unregistered tensors/modules that only fail on a GPU")
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from torchdoctor.check import Check
 from torchdoctor.diagnoses.final_layer import FinalActivation
 from torchdoctor.diagnoses.loss_inputs import (
+    LOSS_CHECK,
     NEEDS_STRUCTURE,
     classification_problems,
     crash_problem,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 class LossFunctionCheck(Check):
     """Loss inputs that make training slow or wrong, or crash it."""
 
-    id = "loss-function"
+    id = LOSS_CHECK
     summary = "softmax before CrossEntropyLoss, sigmoid before BCEWithLogitsLoss, bad targets"
 
     def explain_crash(self, error: ErrorRecord, run: ScriptRun) -> Finding | None:

@@ -16,7 +16,12 @@ import math
 from typing import TYPE_CHECKING
 
 from torchdoctor.check import Check, SkipCheck
-from torchdoctor.diagnoses.nonfinite import Evidence, describe_module, explain
+from torchdoctor.diagnoses.nonfinite import (
+    NONFINITE_CHECK_ID,
+    Evidence,
+    describe_module,
+    explain,
+)
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 class NanLossCheck(Check):
     """Finds where and why the loss, gradients or weights went NaN/inf."""
 
-    id = "nan-loss"
+    id = NONFINITE_CHECK_ID
     summary = "loss, gradients or weights become NaN/inf: where it starts and why"
 
     # -- script mode --------------------------------------------------------------

@@ -21,7 +21,7 @@ from torchdoctor.diagnoses.broadcasting import (
     silent_broadcast,
     target_size_shapes,
 )
-from torchdoctor.diagnoses.shapes import explain_shape_error
+from torchdoctor.diagnoses.shapes import SHAPE_CHECK, explain_shape_error
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _BATCH_HOOK_HINT = " (if the model takes other inputs, define torchdoctor_batch(
 class ShapeMismatchCheck(Check):
     """Shape errors translated to the module that raised, and silent loss broadcasts."""
 
-    id = "shape-mismatch"
+    id = SHAPE_CHECK
     summary = "layers fed the wrong shape; prediction and target broadcasting in the loss"
 
     # -- script mode -------------------------------------------------------------------
