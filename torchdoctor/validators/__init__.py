@@ -11,16 +11,18 @@ devices and the fix, and whose ``findings`` hold the same as
     check_output(model, inputs, (None, 10))      # ShapeError
     check_loss_inputs(logits, targets, loss_fn)  # LossInputError / ShapeError
 
-Two pure helpers are shared with the checks, which run them on script observations:
-:func:`explain_shape_error` (turn torch's shape RuntimeErrors into a message and a fix)
-and :func:`loss_input_problems` (works from :class:`TensorSummary` objects only).
+Two pure helpers are the checks' own diagnoses, which they run on script observations:
+:func:`explain_shape_error` (:mod:`torchdoctor.diagnoses.shapes`: torch's shape errors
+as a message and a fix) and :func:`loss_input_problems`
+(:mod:`torchdoctor.diagnoses.loss_inputs`: works from :class:`TensorSummary` objects
+only). The validators take their words and ids from :mod:`torchdoctor.diagnoses`, so a
+validator and ``torchdoctor check`` say one bug the same way.
 
-The package's modules, one job each: ``common`` (check ids, raising/warning with
-findings, formatting), ``devices`` (:func:`check_devices`), ``batch``
-(:func:`check_batch`), ``output`` (:func:`check_output`), ``shape_errors``
-(:func:`explain_shape_error`), ``loss_inputs`` (:func:`check_loss_inputs`,
-:func:`loss_input_problems`, loss names), ``loss_rules`` (the rules per loss). User
-code imports from ``torchdoctor.validators``; the modules' paths may change.
+The package's modules, one job each: ``common`` (raising/warning with findings),
+``devices`` (:func:`check_devices`), ``batch`` (:func:`check_batch`), ``output``
+(:func:`check_output`), ``loss_inputs`` (:func:`check_loss_inputs`, loss names);
+``shape_errors`` and ``loss_rules`` keep their old import paths. User code imports from
+``torchdoctor.validators``; the modules' paths may change.
 """
 
 from __future__ import annotations
