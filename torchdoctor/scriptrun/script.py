@@ -22,6 +22,7 @@ from torchdoctor.engine.context import CheckOptions
 from torchdoctor.errors import TargetError
 from torchdoctor.scriptrun.budget import StopRun
 from torchdoctor.scriptrun.callsite import display_path, is_user_file, user_frame_of_traceback
+from torchdoctor.scriptrun.datasets import OfflineDatasets
 from torchdoctor.scriptrun.instrument import Instrumentation
 from torchdoctor.scriptrun.observations import (
     CodeLocation,
@@ -74,6 +75,7 @@ def run_script(path: Path, options: CheckOptions, *,
     the run is the caller's to preserve (the runner wraps this in preserved_state)."""
     path = Path(path).resolve()
     code = compile_file(path)
+    source = path.read_text(encoding="utf-8")
     module = types.ModuleType("__main__")
     module.__file__ = str(path)
     module.__dict__["__builtins__"] = builtins
@@ -82,7 +84,8 @@ def run_script(path: Path, options: CheckOptions, *,
     started = time.perf_counter()
     with _as_program(path, module, argv or []), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with Instrumentation(options, run) as instrumentation:
+        with OfflineDatasets(source, options.data_root, run), \
+                Instrumentation(options, run) as instrumentation:
             _execute(code, module, run, instrumentation, options.timeout, output)
     run.seconds = time.perf_counter() - started
     run.warnings = _warning_records(caught)
