@@ -45,13 +45,15 @@ class EvalModeCheck(Check):
         return [f for observed in run.models for f in self._script_findings(run, observed)]
 
     def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
-        """A copy in eval() run twice on one batch must give the same output."""
+        """A copy in eval() run twice on one batch must give the same output (sampling
+        such as a VAE's randn_like is only a warning: it can be the model itself)."""
         from ._eval_mode_impl import eval_nondeterminism
 
         found = eval_nondeterminism(ctx, candidate)
         if found is None:
             return []
-        return [self.error(found.message, location=found.location, hint=found.hint)]
+        report = self.warning if found.deliberate else self.error
+        return [report(found.message, location=found.location, hint=found.hint)]
 
     def _script_findings(self, run: ScriptRun, observed: ObservedModel) -> list[Finding]:
         forwards = _settled_forwards(run, run.forwards_of(observed.index))

@@ -146,10 +146,12 @@ def _script_final_activation(ctx: CheckContext) -> tuple[bool, FinalActivation |
     run = ctx.run
     if run is None or not ctx.models or not run.forwards or not run.forwards[0].inputs:
         return False, None
+    from torchdoctor.tensors import set_training
+
     candidate = ctx.models[0]
     try:
         inputs = _inputs_like(run.forwards[0].inputs, ctx.options.device)
-        model = ctx.fresh_model(candidate).eval()
+        model = set_training(ctx.fresh_model(candidate), False)
         return True, final_activation(model, inputs, candidate.name)
     except Exception:
         return False, None
@@ -178,13 +180,13 @@ def _model_output(ctx: CheckContext, candidate: ModelCandidate) -> _ModelOutput 
     import torch
 
     from torchdoctor.reference.trainer import forward
-    from torchdoctor.tensors import summarize
+    from torchdoctor.tensors import set_training, summarize
     from torchdoctor.validators import loss_name_of
 
     from ._loss_function_impl import final_activation
 
     setup = ctx.training_setup()
-    model = ctx.fresh_model(candidate).eval()
+    model = set_training(ctx.fresh_model(candidate), False)
     inputs, targets = setup.batch(ctx.options.device)
     try:
         with torch.no_grad():

@@ -96,7 +96,8 @@ def _nll(pred: TensorSummary, target: TensorSummary | None, ignore_index: int) -
         found.append(_P("probabilities", ERROR, "NLLLoss got probabilities (rows sum to 1), "
                         "not log-probabilities", "use log_softmax instead of softmax, or "
                         "CrossEntropyLoss on the raw logits"))
-    elif _classes(pred) and not pred.log_probabilities:
+    elif _classes(pred) and pred.min is not None and not pred.log_probabilities:
+        # (a shape-only summary, min None, says nothing about the values)
         found.append(_P("not-log-probabilities", ERROR, f"NLLLoss got raw logits (values in "
                         f"[{pred.min:.3g}, {pred.max:.3g}]), not log-probabilities",
                         "add nn.LogSoftmax(dim=1) as the last layer, or use "
