@@ -299,11 +299,13 @@ class Instrumentation:
             instrumentation.manual.before_backward(tensor, user_callsite())
             started = time.perf_counter()
             try:
-                return original(tensor, *args, **kwargs)
+                result = original(tensor, *args, **kwargs)
             finally:
                 instrumentation.timer.add("backward", started)
                 instrumentation.manual.after_backward(bool(instrumentation._optimizers))
                 instrumentation._after_backward(value)
+            instrumentation.budget.after_backward(len(instrumentation.run.backwards))
+            return result
 
         return observed_backward
 

@@ -21,6 +21,7 @@ from typing import Any
 from torchdoctor.engine.context import CheckOptions
 from torchdoctor.errors import TargetError
 from torchdoctor.scriptrun.budget import StopRun
+from torchdoctor.scriptrun.bypass import CompileBypass
 from torchdoctor.scriptrun.callsite import display_path, is_user_file, user_frame_of_traceback
 from torchdoctor.scriptrun.datasets import OfflineDatasets
 from torchdoctor.scriptrun.instrument import Instrumentation
@@ -84,7 +85,7 @@ def run_script(path: Path, options: CheckOptions, *,
     started = time.perf_counter()
     with _as_program(path, module, argv or []), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with OfflineDatasets(source, options.data_root, run), \
+        with OfflineDatasets(source, options.data_root, run), CompileBypass(run), \
                 Instrumentation(options, run) as instrumentation:
             _execute(code, module, run, instrumentation, options.timeout, output)
     run.seconds = time.perf_counter() - started
@@ -103,7 +104,7 @@ def _execute(code: types.CodeType, module: types.ModuleType, run: ScriptRun,
     except StopRun:
         run.status = RunStatus.STOPPED
         run.notes.append("stopped after the step budget (--max-steps applied, as many "
-                         "skipped)")
+                         "skipped; with no optimizer, 2x --max-steps backward passes)")
     except RunTimeout:
         run.status = RunStatus.TIMEOUT
         run.notes.append(f"the script was stopped at --timeout ({timeout:g}s)")
