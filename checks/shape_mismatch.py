@@ -44,7 +44,9 @@ class ShapeMismatchCheck(Check):
         """A shape error that ended the script, pinned to the module that raised."""
         call = error.module_stack[-1] if error.module_stack else None
         module = call.module if call else None
-        explained = explain_shape_error(error.message, module, call.inputs if call else ())
+        explained = _bare_matmul(error.message) if module is None else None
+        explained = explained or explain_shape_error(error.message, module,
+                                                     call.inputs if call else ())
         if explained is None:
             return None
         message, hint = explained
@@ -196,3 +198,20 @@ def _user_line(exc: BaseException) -> str:
 
     found = user_location_of_traceback(exc.__traceback__)
     return str(found) if found else ""
+
+
+def _bare_matmul(text: str) -> tuple[str, str] | None:
+    """A matrix product outside any layer (``x @ w`` in a raw-tensor program or in data
+    preparation): explained as a product, not as a Linear layer's in_features."""
+    import re
+
+    found = re.search(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and "
+                      r"(\d+)x(\d+)\)", text)
+    if found is None:
+        return None
+    rows, inner_a, inner_b, cols = found.groups()
+    return (f"a matrix product of ({rows}x{inner_a}) and ({inner_b}x{cols}) outside any "
+            f"layer: the inner sizes differ ({inner_a} vs {inner_b})",
+            "the first operand's last size must equal the second's first: transpose or "
+            "reshape one of them (x @ w.T), or build w with shape "
+            f"({inner_a}, {cols})")

@@ -188,3 +188,12 @@ def test_offline_dataset_reads_real_files_under_the_data_root(shared_data: Path,
         real = datasets.FashionMNIST("data", train=True, download=True)
     assert len(real) > 1000 and len(real) != 1024  # the real subset, not the stand-in
     assert any("real files under the data root" in n for n in run.notes)
+
+
+def test_bare_matmul_crash_in_data_preparation_is_a_shape_finding(write_program) -> None:
+    source = "import torch\nx = torch.randn(8, 4)\nw = torch.randn(3, 5)\nz = x @ w\n"
+    report = diagnose(str(write_program(source)), select=["shape-mismatch"])
+    finding = report.checks[0].findings[0]
+    assert finding.location.endswith("program.py:4")
+    assert "matrix product of (8x4) and (3x5)" in finding.message
+    assert report.run_findings == []  # explained: no 'unexplained crash' finding

@@ -7,7 +7,7 @@ x = torch.randn(200, 2)
 y = (x[:, 0] + x[:, 1] > 0).float()
 w = torch.randn(2, requires_grad=True)
 b = torch.zeros(1, requires_grad=True)
-optimizer = torch.optim.SGD([w, b], lr=0.5)
+optimizer = torch.optim.SGD([w, b], lr=5.0)
 for step in range(40):
     p = torch.sigmoid(x @ w + b)
     loss = -(y * torch.log(p + 1e-7) + (1 - y) * torch.log(1 - p + 1e-7)).mean()

@@ -11,10 +11,10 @@ from torchvision import datasets, transforms
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, 1)
-        self.conv2 = nn.Conv2d(8, 16, 3, 1)
+        self.conv1 = nn.Conv2d(1, 4, 3, 1)
+        self.conv2 = nn.Conv2d(4, 8, 3, 1)
         self.dropout1 = nn.Dropout(0.25)
-        self.fc1 = nn.Linear(2304, 32)
+        self.fc1 = nn.Linear(1152, 32)
         self.fc2 = nn.Linear(32, 10)
 
     def forward(self, x):

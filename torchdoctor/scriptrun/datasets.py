@@ -23,6 +23,7 @@ script's source mentions it (importing it costs seconds).
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,7 +126,8 @@ class OfflineDatasets:
                 return
             except Exception:  # any download failure means: no network
                 pass
-        _fill_synthetic(dataset, kind, root, _is_train(args, kwargs), kwargs)
+        given = _arguments(original, dataset, root, args, kwargs)
+        _fill_synthetic(dataset, kind, root, _is_train(given), given)
         shape = f"{kind.channels or 1}x{kind.height}x{kind.width}"
         self._note(f"{name}(root={str(root)!r}) is not on this machine and cannot be "
                    f"downloaded: the script ran on a synthetic learnable stand-in "
@@ -146,12 +148,20 @@ def _offline() -> bool:
     return os.environ.get("TORCHDOCTOR_OFFLINE", "") not in ("", "0")
 
 
-def _is_train(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    if "train" in kwargs:
-        return bool(kwargs["train"])
-    if "split" in kwargs:
-        return kwargs["split"] in ("train", "balanced", "byclass", "letters", "digits")
-    return bool(args[0]) if args and isinstance(args[0], bool) else True
+def _arguments(original: Callable[..., None], dataset: Any, root: Any, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's arguments by name (``ImageFolder(root, transform)`` passes the
+    transform by position), defaults included."""
+    try:
+        bound = inspect.signature(original).bind(dataset, root, *args, **kwargs)
+    except TypeError:
+        return dict(kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _is_train(given: dict[str, Any]) -> bool:
+    return bool(given.get("train", True))
 
 
 def _fill_synthetic(dataset: Any, kind: _Kind, root: Any, train: bool,

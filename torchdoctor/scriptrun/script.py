@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
+import multiprocessing
 import signal
 import sys
 import threading
@@ -82,6 +83,7 @@ def run_script(path: Path, options: CheckOptions, *,
     module.__dict__["__builtins__"] = builtins
     run = ScriptRun(path=display_path(str(path)))
     output = io.StringIO()
+    children_before = {p.pid for p in multiprocessing.active_children()}
     started = time.perf_counter()
     with _as_program(path, module, argv or []), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -89,6 +91,7 @@ def run_script(path: Path, options: CheckOptions, *,
                 Instrumentation(options, run) as instrumentation:
             _execute(code, module, run, instrumentation, options.timeout, output)
     run.seconds = time.perf_counter() - started
+    _end_leftover_processes(children_before, run)
     run.warnings = _warning_records(caught)
     _finish_phases(run)
     return ScriptResult(run, module.__dict__, list(instrumentation.models),
@@ -195,6 +198,20 @@ def _watchdog_limit(seconds: float) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+
+
+def _end_leftover_processes(before: set[int | None], run: ScriptRun) -> None:
+    """Terminate worker processes the script started and left running (Hogwild workers
+    still training when the run was stopped or timed out): otherwise multiprocessing
+    waits for them when torchdoctor exits, and the command never returns."""
+    leftover = [p for p in multiprocessing.active_children() if p.pid not in before]
+    for process in leftover:
+        process.terminate()
+    for process in leftover:
+        process.join(timeout=5)
+    if leftover:
+        run.notes.append(f"{len(leftover)} process(es) the script started were still "
+                         "running when the run ended and were terminated")
 
 
 def _warning_records(caught: list[warnings.WarningMessage]) -> list[WarningRecord]:
