@@ -197,3 +197,30 @@ def test_bare_matmul_crash_in_data_preparation_is_a_shape_finding(write_program)
     assert finding.location.endswith("program.py:4")
     assert "matrix product of (8x4) and (3x5)" in finding.message
     assert report.run_findings == []  # explained: no 'unexplained crash' finding
+
+
+_SCALE = torch.ones(8)
+
+
+class _GlobalTensorNet(nn.Module):
+    """Uses a module-level CPU tensor at three places in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 8)
+        self.out = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x.flatten(1)) * _SCALE
+        h = h + _SCALE
+        h = torch.relu(h) - _SCALE
+        return self.out(h)
+
+
+def test_one_stray_tensor_used_at_many_places_is_one_finding() -> None:
+    from torchdoctor.engine.runner import diagnose_model
+
+    report = diagnose_model(_GlobalTensorNet(), select=["device-mismatch"])
+    findings = report.checks[0].findings
+    assert len(findings) == 1, [f.message for f in findings]
+    assert "also used at" in findings[0].message
