@@ -115,10 +115,12 @@ def _settled_forwards(run: ScriptRun, forwards: list[ForwardRecord]) -> list[For
 def _trained(forwards: list[ForwardRecord]) -> set[int]:
     """Indices of the forwards that were trained on: a backward pass flowed through
     their output, or an optimizer step ran before the model's next forward (this also
-    covers a loss built from a second output, which the backward mark cannot see)."""
+    covers a loss built from a second output, which the backward mark cannot see). A
+    forward under no_grad is never trained on: another model's optimizer stepping (a
+    frozen teacher, a GAN's other half) says nothing about it."""
     trained = {f.index for f in forwards if f.backward_followed}
     for current, following in itertools.pairwise(forwards):
-        if following.step_count > current.step_count:
+        if following.step_count > current.step_count and current.grad_enabled:
             trained.add(current.index)
     return trained
 
