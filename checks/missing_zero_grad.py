@@ -31,6 +31,7 @@ class MissingZeroGradCheck(Check):
 
     id = "missing-zero-grad"
     summary = "gradients carried over between optimizer steps (zero_grad missing or misdirected)"
+
     def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
         """One error per optimizer whose gradients were carried over (its first carry)."""
         first: dict[int, CarriedGradRecord] = {}
@@ -61,7 +62,7 @@ def _manual(record: CarriedGradRecord) -> tuple[str, str]:
     at = f" at {record.step_location}" if record.step_location else ""
     message = (f"the gradients of tensors updated by hand are never cleared: after update "
                f"{record.step_index}, backward(){at} added the new gradient to the old one "
-               f"({_param_list(record.params)})")
+               f"({name_list(record.params)})")
     first = record.params[0] if record.params else "w"
     hint = (f"After each update, clear the gradients: `{first}.grad.zero_()` (or "
             f"`{first}.grad = None`) for every updated tensor, or use a torch.optim optimizer "
