@@ -82,10 +82,11 @@ class ManualUpdateDetector:
 
 
 def _fingerprint(tensor: torch.Tensor) -> torch.Tensor:
-    """Two sums that change when the values do (``w.data -= ...`` bypasses the version
-    counter)."""
-    values = tensor.detach().double()
-    return torch.stack([values.sum(), values.abs().sum()]).cpu()
+    """Two reductions that change when the values do (``w.data -= ...`` bypasses the
+    version counter), accumulated in float64 without copying the tensor."""
+    values = tensor.detach()
+    return torch.stack([values.sum(dtype=torch.float64),
+                        torch.linalg.vector_norm(values, dtype=torch.float64)]).cpu()
 
 
 def _graph_leaves(loss: torch.Tensor) -> list[torch.Tensor]:
