@@ -36,6 +36,9 @@ class EvalRandomness:
     message: str
     location: str
     hint: str
+    #: only sampling functions drew (randn_like...), no dropout: a VAE's or a policy's
+    #: sampling is the model itself, so this is a warning, not an error
+    deliberate: bool = False
 
 
 @dataclass
@@ -58,20 +61,33 @@ def eval_nondeterminism(ctx: CheckContext, candidate: ModelCandidate) -> EvalRan
     the model: other checks say why)."""
     import torch
 
+    from torchdoctor.tensors import set_training
+
     model = ctx.fresh_model(candidate)
-    model.eval()
+    set_training(model, False)
     inputs, _ = ctx.training_setup().batch(ctx.options.device)
     device = torch.device(ctx.options.device)
     cuda = [device.index or 0] if device.type == "cuda" else []
+    from torchdoctor.diagnoses.sampling import RandomCalls
+
     try:
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        with torch.random.fork_rng(devices=cuda), torch.no_grad(), RandomCalls() as calls:
             first = _traced_run(model, inputs)
             second = _traced_run(model, inputs)
     except Exception:
         return None
     if _same(first.output, second.output):
         return None
-    return _describe(candidate.name, model, first, second)
+    found = _describe(candidate.name, model, first, second)
+    if not calls.sampling_only:
+        return found
+    return EvalRandomness(
+        found.message.replace("stays random after `model.eval()`",
+                              "draws random numbers (torch.randn_like, sampling...) after "
+                              "`model.eval()`"),
+        found.location,
+        "fine if it is the model's sampling (a VAE's reparameterisation, a policy's "
+        "action); noise or augmentation must depend on `self.training`", deliberate=True)
 
 
 def _traced_run(model: nn.Module, inputs: Any) -> _Trace:

@@ -285,10 +285,11 @@ def _eval_loss(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any) -> float:
     import torch
 
     from torchdoctor.reference.trainer import forward
+    from torchdoctor.tensors import set_training
 
-    model.eval()
+    set_training(model, False)
     try:
         with torch.no_grad():
             return float(loss_fn(forward(model, batch[0]), batch[1]))
     finally:
-        model.train()
+        set_training(model)

@@ -9,7 +9,7 @@ attributes, submodules in plain lists or dicts, and tensors created in forward w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchdoctor.check import Check
 from torchdoctor.diagnoses.devices import (
@@ -17,6 +17,7 @@ from torchdoctor.diagnoses.devices import (
     DEVICE_CHECK,
     MOVE_HINT,
     crash_message,
+    created_on_device,
     meta_failure_text,
     mix_text,
     parse_device_error,
@@ -25,7 +26,7 @@ from torchdoctor.diagnoses.devices import (
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
-    from torchdoctor.diagnoses.device_tracing import MetaRun, Stray
+    from torchdoctor.diagnoses.device_tracing import MetaRun, Mix, Stray
     from torchdoctor.engine.context import CheckContext, ModelCandidate
     from torchdoctor.scriptrun.observations import ErrorRecord, ScriptRun
 
@@ -77,23 +78,30 @@ class DeviceMismatchCheck(Check):
                 continue  # reassigned by forward: a cache of activations, not state
             used = meta is not None and stray.name in meta.used_attrs
             unsure = meta is None or meta.failure is not None
-            message, hint = stray_text(stray, used)
+            on_device = created_on_device(stray)
+            message, hint = stray_text(stray, used and not on_device)
             location = f"{candidate.name}: {stray.name}"
-            if used or stray.trainable or unsure:
+            if (used or stray.trainable or unsure) and not on_device:
                 findings.append(self.error(message, location=location, hint=hint))
             else:
                 findings.append(self.warning(message, location=location, hint=hint))
         return findings
 
     def _mixes(self, candidate: ModelCandidate, meta: MetaRun) -> list[Finding]:
-        findings, seen = [], set()
+        """One finding per stray tensor, listing every place it met the model's."""
+        places: dict[Any, list[Mix]] = {}
         for mix in meta.mixes:
-            key = (mix.origin, None if mix.origin.factory else mix.used_at)
-            if mix.origin.attr or key in seen:
-                continue
-            seen.add(key)
-            message, hint = mix_text(mix)
-            where = mix.origin.created_at or mix.used_at or candidate.name
+            if not mix.origin.attr:
+                key = mix.origin if mix.origin.factory else (mix.origin, mix.shape)
+                places.setdefault(key, []).append(mix)
+        findings = []
+        for mixes in places.values():
+            message, hint = mix_text(mixes[0])
+            also = list(dict.fromkeys(str(m.used_at) for m in mixes[1:]
+                                      if m.used_at and m.used_at != mixes[0].used_at))
+            if also:
+                message += f" (also used at {', '.join(also)})"
+            where = mixes[0].origin.created_at or mixes[0].used_at or candidate.name
             findings.append(self.error(message, location=where, hint=hint))
         return findings
 

@@ -45,13 +45,15 @@ class EvalModeCheck(Check):
         return [f for observed in run.models for f in self._script_findings(run, observed)]
 
     def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
-        """A copy in eval() run twice on one batch must give the same output."""
+        """A copy in eval() run twice on one batch must give the same output (sampling
+        such as a VAE's randn_like is only a warning: it can be the model itself)."""
         from ._eval_mode_impl import eval_nondeterminism
 
         found = eval_nondeterminism(ctx, candidate)
         if found is None:
             return []
-        return [self.error(found.message, location=found.location, hint=found.hint)]
+        report = self.warning if found.deliberate else self.error
+        return [report(found.message, location=found.location, hint=found.hint)]
 
     def _script_findings(self, run: ScriptRun, observed: ObservedModel) -> list[Finding]:
         forwards = _settled_forwards(run, run.forwards_of(observed.index))
@@ -113,10 +115,12 @@ def _settled_forwards(run: ScriptRun, forwards: list[ForwardRecord]) -> list[For
 def _trained(forwards: list[ForwardRecord]) -> set[int]:
     """Indices of the forwards that were trained on: a backward pass flowed through
     their output, or an optimizer step ran before the model's next forward (this also
-    covers a loss built from a second output, which the backward mark cannot see)."""
+    covers a loss built from a second output, which the backward mark cannot see). A
+    forward under no_grad is never trained on: another model's optimizer stepping (a
+    frozen teacher, a GAN's other half) says nothing about it."""
     trained = {f.index for f in forwards if f.backward_followed}
     for current, following in itertools.pairwise(forwards):
-        if following.step_count > current.step_count:
+        if following.step_count > current.step_count and current.grad_enabled:
             trained.add(current.index)
     return trained
 

@@ -148,10 +148,12 @@ def _script_final_activation(ctx: CheckContext) -> tuple[bool, FinalActivation |
     run = ctx.run
     if run is None or not ctx.models or not run.forwards or not run.forwards[0].inputs:
         return False, None
+    from torchdoctor.tensors import set_training
+
     candidate = ctx.models[0]
     try:
         inputs = _inputs_like(run.forwards[0].inputs, ctx.options.device)
-        model = ctx.fresh_model(candidate).eval()
+        model = set_training(ctx.fresh_model(candidate), False)
         return True, final_activation(model, inputs, candidate.name)
     except Exception:
         return False, None

@@ -31,6 +31,7 @@ class MissingZeroGradCheck(Check):
 
     id = "missing-zero-grad"
     summary = "gradients carried over between optimizer steps (zero_grad missing or misdirected)"
+
     def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
         """One error per optimizer whose gradients were carried over (its first carry)."""
         first: dict[int, CarriedGradRecord] = {}
@@ -40,7 +41,8 @@ class MissingZeroGradCheck(Check):
 
     def _finding(self, record: CarriedGradRecord) -> Finding:
         """No zero_grad since the step, or one that cleared other parameters."""
-        explain = _misdirected if record.zero_grad_locations else _missing
+        explain = _manual if record.manual else \
+            _misdirected if record.zero_grad_locations else _missing
         message, hint = explain(record)
         where = record.step_location or (record.params[0] if record.params else "")
         return self.error(message, location=where, hint=hint)
@@ -53,6 +55,18 @@ def _missing(record: CarriedGradRecord) -> tuple[str, str]:
                f"{record.step_index + 1}'s ({name_list(record.params)})")
     hint = ("Call `optimizer.zero_grad()` once per step, before `loss.backward()` (for "
             "gradient accumulation: after `optimizer.step()`, every N micro-batches).")
+    return message, hint
+
+
+def _manual(record: CarriedGradRecord) -> tuple[str, str]:
+    at = f" at {record.step_location}" if record.step_location else ""
+    message = (f"the gradients of tensors updated by hand are never cleared: after update "
+               f"{record.step_index}, backward(){at} added the new gradient to the old one "
+               f"({name_list(record.params)})")
+    first = record.params[0] if record.params else "w"
+    hint = (f"After each update, clear the gradients: `{first}.grad.zero_()` (or "
+            f"`{first}.grad = None`) for every updated tensor, or use a torch.optim optimizer "
+            "with `optimizer.zero_grad()`.")
     return message, hint
 
 

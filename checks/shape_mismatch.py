@@ -21,7 +21,7 @@ from torchdoctor.diagnoses.broadcasting import (
     silent_broadcast,
     target_size_shapes,
 )
-from torchdoctor.diagnoses.shapes import SHAPE_CHECK, explain_shape_error
+from torchdoctor.diagnoses.shapes import SHAPE_CHECK, explain_bare_matmul, explain_shape_error
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
@@ -42,7 +42,9 @@ class ShapeMismatchCheck(Check):
         """A shape error that ended the script, pinned to the module that raised."""
         call = error.module_stack[-1] if error.module_stack else None
         module = call.module if call else None
-        message, hint = explain_shape_error(error.message, module, call.inputs if call else ())
+        explained = explain_bare_matmul(error.message) if module is None else None
+        message, hint = explained or explain_shape_error(error.message, module,
+                                                         call.inputs if call else ())
         if not message:
             return None
         if module is not None and error.location is not None:

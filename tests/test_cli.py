@@ -66,7 +66,8 @@ def test_list_checks_names_every_builtin(capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.parametrize(("source", "expected"), [
     (None, "no such file"),
     ("def broken(:\n", "syntax error"),
-    ("raise RuntimeError('boom at import')\n", "boom at import"),
+    ("import torch\nimport no_such_package_xyz\n", "imports 'no_such_package_xyz', which is "
+     "not installed"),
     ("x = 1\n", "no model found"),
 ])
 def test_bad_file_targets_exit_2_with_one_message(tmp_path: Path, source: str | None,

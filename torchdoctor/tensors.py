@@ -12,6 +12,12 @@ import torch
 from torchdoctor.scriptrun.observations import TensorSummary
 
 
+def set_training(module: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    """``module.train(mode)`` as nn.Module defines it, even when the user's class
+    overrides ``train`` (or ``eval``) with a training routine of its own."""
+    return torch.nn.Module.train(module, mode)
+
+
 def deepcopy_module(module: torch.nn.Module) -> torch.nn.Module:
     """``copy.deepcopy`` that also works on a model holding non-leaf tensors as plain
     attributes (an activation cached during a forward): those are copied detached,

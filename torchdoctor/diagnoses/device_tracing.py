@@ -99,7 +99,16 @@ def _assignment(cls: type, attr: str) -> CodeLocation | None:
         lines, start = inspect.getsourcelines(cls)
         path = inspect.getsourcefile(cls)
     except (OSError, TypeError):
-        return None
+        # a class of a script run as __main__: its module is gone, its methods' code
+        # objects still name the file
+        init = cls.__dict__.get("__init__")
+        if not inspect.isfunction(init):
+            return None
+        try:
+            lines, start = inspect.getsourcelines(init)
+            path = inspect.getsourcefile(init)
+        except (OSError, TypeError):
+            return None
     pattern = re.compile(rf"\bself\.{re.escape(attr)}\s*(:[^=]*)?=(?!=)")
     for offset, text in enumerate(lines):
         if pattern.search(text) and path:

@@ -125,6 +125,20 @@ def stray_text(stray: Stray, used: bool) -> tuple[str, str]:
     return message, hint
 
 
+def created_on_device(stray: Stray) -> bool:
+    """Whether the line that assigned a plain tensor attribute places it on a device
+    (``torch.ones(n, device=device)``, ``.to(device)``, ``.cuda()``): it then works
+    where the script runs; only moving the model elsewhere or saving it would miss it,
+    a latent problem (a warning), not a wrong result."""
+    import linecache
+
+    where = stray.assigned_at
+    if where is None or stray.kind != "tensor":
+        return False
+    line = linecache.getline(where.file, where.line)
+    return any(mark in line for mark in ("device=", ".to(", ".cuda("))
+
+
 def _register_hint(stray: Stray) -> str:
     if stray.kind == "tensors":
         wrapper = "nn.ParameterList" if stray.trainable else "one self.register_buffer(...)"

@@ -9,6 +9,11 @@ gradient is about to be summed with the new one: that is the bug. Several backwa
 passes between two steps (accumulation) are fine, because only the first gradient
 after a step is looked at, and by then ``zero_grad`` has run.
 
+With ``confirm_at_step=True`` (the script instrument) a carried gradient is only
+recorded when it reaches the owner's next ``step()``: a GAN's generator backward adds
+gradients to the discriminator's parameters after the discriminator stepped, and
+``netD.zero_grad()`` clears them before they are ever used; that is not a bug.
+
 Used by the script-mode instrument and by :func:`torchdoctor.watch`.
 """
 
@@ -43,8 +48,13 @@ class GradCarryDetector:
     """
 
     def __init__(self, *, sync: bool = True,
-                 name_of: Callable[[torch.Tensor], str] | None = None) -> None:
+                 name_of: Callable[[torch.Tensor], str] | None = None,
+                 confirm_at_step: bool = False) -> None:
         self.sync = sync
+        self.confirm_at_step = confirm_at_step
+        # param id -> (param, its .grad when the carry was seen, step index) awaiting
+        # the owner's next step (confirm_at_step only)
+        self._suspects: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self.records: list[CarriedGradRecord] = []
         self._name_of = name_of or (lambda p: f"parameter{tuple(p.shape)}")
         self._optimizers: dict[int, _WatchedOptimizer] = {}
@@ -69,6 +79,10 @@ class GradCarryDetector:
                         self._hooks_were_none.append(param)
                     self._handles.append(param.register_hook(self._make_hook(param)))
 
+    def owns(self, tensor: torch.Tensor) -> bool:
+        """Whether a watched optimizer steps ``tensor``."""
+        return id(tensor) in self._owner
+
     def note_step(self, optimizer: torch.optim.Optimizer,
                   location: CodeLocation | None = None) -> None:
         """Call after ``optimizer.step()``: its parameters must be cleared before the
@@ -81,10 +95,24 @@ class GradCarryDetector:
         state.pending = {pid for pid, owner in self._owner.items() if owner == id(optimizer)}
         self._zero_grads.clear()
 
-    def note_zero_grad(self, location: CodeLocation | None) -> None:
-        """Record a ``zero_grad`` call (of any optimizer or module) for the message."""
+    def note_zero_grad(self, location: CodeLocation | None,
+                       cleared: list[torch.Tensor] | None = None) -> None:
+        """Record a ``zero_grad`` call (of any optimizer or module) for the message;
+        ``cleared`` are the parameters it clears (their carried gradients are gone)."""
         if location is not None:
             self._zero_grads.append(location)
+        for param in cleared or ():
+            self._suspects.pop(id(param), None)
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """With ``confirm_at_step``: call before ``optimizer.step()``. A carried gradient
+        of its parameters that is still in ``.grad`` (not cleared, not replaced) is
+        about to be applied: record it."""
+        owned = [pid for pid in self._suspects if self._owner.get(pid) == id(optimizer)]
+        for pid in owned:
+            param, grad, step_index = self._suspects.pop(pid)
+            if param.grad is grad:
+                self._record(param, step_index)
 
     def flush(self) -> None:
         """In ``sync=False`` mode: read the device flags (one sync) and record."""
@@ -98,8 +126,10 @@ class GradCarryDetector:
         self._flags.clear()
 
     def close(self) -> None:
-        """Remove every hook (always call; idempotent)."""
+        """Remove every hook (always call; idempotent). Carried gradients never
+        applied by a step (confirm_at_step) are dropped."""
         self.flush()
+        self._suspects.clear()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -119,11 +149,19 @@ class GradCarryDetector:
                 return
             if self.sync:
                 if bool(param.grad.ne(0).any()):
-                    self._record(param)
+                    self._suspect_or_record(param)
             else:
                 self._flag_on_device(param)
 
         return before_accumulate
+
+    def _suspect_or_record(self, param: torch.Tensor) -> None:
+        if not self.confirm_at_step:
+            self._record(param)
+            return
+        owner = self._optimizers[self._owner[id(param)]]
+        assert param.grad is not None
+        self._suspects[id(param)] = (param, param.grad, owner.steps)
 
     def _flag_on_device(self, param: torch.Tensor) -> None:
         assert param.grad is not None

@@ -227,3 +227,18 @@ _EXPLAINERS: list[tuple[re.Pattern[str], _Explainer]] = [
      _explain_layernorm),
     (TARGET_SIZE, _explain_loss_size),
 ]
+
+
+def explain_bare_matmul(text: str) -> tuple[str, str] | None:
+    """A matrix product outside any layer (``x @ w`` in a raw-tensor program or in data
+    preparation): explained as a product, not as a Linear layer's in_features."""
+    found = re.search(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and "
+                      r"(\d+)x(\d+)\)", text)
+    if found is None:
+        return None
+    rows, inner_a, inner_b, cols = found.groups()
+    return (f"a matrix product of ({rows}x{inner_a}) and ({inner_b}x{cols}) outside any "
+            f"layer: the inner sizes differ ({inner_a} vs {inner_b})",
+            "the first operand's last size must equal the second's first: transpose or "
+            "reshape one of them (x @ w.T), or build w with shape "
+            f"({inner_a}, {cols})")

@@ -111,9 +111,11 @@ class CheckContext:
 
     def fresh_model(self, candidate: ModelCandidate) -> nn.Module:
         """A new copy of ``candidate`` on the check device, in training mode."""
+        from torchdoctor.tensors import set_training
+
         model = candidate.build()
         model.to(self.options.device)
-        model.train()
+        set_training(model)
         return model
 
     def forward_probe(self, candidate: ModelCandidate) -> ForwardProbe:

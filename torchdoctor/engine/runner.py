@@ -7,6 +7,7 @@ turned into a CheckResult, never an exception) -> :class:`~torchdoctor.findings.
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +53,10 @@ def select_checks(classes: Sequence[type[Check]], select: Sequence[str] | None,
 def run_one_check(check: Check, ctx: CheckContext) -> CheckResult:
     """Run one check in isolation: state restored, exceptions become ``crashed``."""
     started = time.perf_counter()
+    if not (check.modes & ctx.modes) and ctx.run is not None and not ctx.models:
+        return CheckResult(check.id, Outcome.SKIPPED, 0.0, [],
+                           "no nn.Module: the script trains tensors directly, and this "
+                           "check trains copies of a model")
     if not (check.modes & ctx.modes):
         wanted = " or ".join(sorted(check.modes))
         return CheckResult(check.id, Outcome.SKIPPED, 0.0, [],
@@ -152,10 +157,11 @@ class Diagnosis:
         assert parsed.path is not None
         result = run_script(parsed.path, self.options, argv=list(self.options.script_args))
         run = result.run
-        if run.error is not None and run.error.before_training:
-            raise TargetError(f"{parsed.path} raised {run.error.type_name} before any model "
-                              f"ran: {run.error.message} (at {run.error.location}). "
-                              "The file must run as `python FILE`.")
+        missing = missing_package(run)
+        if missing is not None:
+            raise TargetError(f"{parsed.path} imports {missing!r}, which is not installed "
+                              f"(at {run.error.location if run.error else parsed.path}): "
+                              "install it in this environment, then run the check again.")
         if run.status is RunStatus.EXITED and not run.forwards:
             said = result.output.strip().splitlines()[-1:] or [""]
             raise TargetError(f"{parsed.path} exited before any model ran ({run.notes[-1]})"
@@ -174,7 +180,8 @@ class Diagnosis:
     def _discover_or_none(self, namespace: dict[str, Any], where: str,
                           run: ScriptRun) -> list[ModelCandidate]:
         found = discover_candidates(namespace, where)
-        if not found and not run.forwards:
+        trained = run.forwards or run.backwards or run.steps or run.error is not None
+        if not found and not trained:
             raise TargetError(f"no model found in {where}: it neither builds a model when "
                               "run nor defines one. Name one (file.py::name) or define "
                               "torchdoctor_model()")
@@ -213,6 +220,16 @@ def explain_crash(manager: Any, checks: Sequence[Check], run: ScriptRun) -> list
         for check in checks:
             manager.unregister(check)
     return [found] if found is not None else []
+
+
+def missing_package(run: ScriptRun) -> str | None:
+    """The package a script could not import before it did anything (the one failure
+    that means the file cannot run here at all), or None."""
+    error = run.error
+    if error is None or not error.before_training or error.type_name != "ModuleNotFoundError":
+        return None
+    named = re.search(r"No module named '([^']+)'", error.message)
+    return named.group(1) if named else error.message
 
 
 def _model_from_hook(hook: Any) -> Callable[[], Any]:

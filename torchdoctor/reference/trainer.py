@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from torchdoctor.reference.data import reference_batch
-from torchdoctor.tensors import to_device
+from torchdoctor.tensors import set_training, to_device
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -98,7 +98,7 @@ def train_steps(model: nn.Module, batch: tuple[Any, Any],
     Returns the loss of each step, measured before its update. Stops early once a loss
     is below ``stop_below``, or is NaN/inf (further steps would only repeat it).
     """
-    model.train()
+    set_training(model)
     inputs, targets = batch
     losses: list[float] = []
     for _ in range(steps):
@@ -122,7 +122,7 @@ def train_epoch(model: nn.Module, loader: Iterable[Any], loss_fn: Callable[..., 
                 limit_batches: int | None = None, progress: Progress | None = None) -> float:
     """One training pass over ``loader`` (at most ``limit_batches`` batches) in training
     mode; returns the mean batch loss."""
-    model.train()
+    set_training(model)
     total = _batch_count(loader, limit_batches)
     running = 0.0
     done = 0
@@ -144,7 +144,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any], loss_fn: Callable[..., tor
     """``(mean loss per sample, accuracy)`` in eval mode without autograd; the model's
     previous training flag is restored afterwards."""
     was_training = model.training
-    model.eval()  # dropout off: evaluation must be deterministic
+    set_training(model, False)  # dropout off: evaluation must be deterministic
     try:
         with torch.no_grad():  # no graph: less memory, faster, no accidental training
             return _evaluate(model, loader, loss_fn, device, limit_batches)

@@ -76,6 +76,12 @@ class StepBudget:
         if self.applied >= self.max_steps:
             self._skip_steps_of(optimizer)
 
+    def after_backward(self, backwards: int) -> None:
+        """A loop with no optimizer (hand-written updates) has no step to skip: end it
+        after ``2 * max_steps`` backward passes, as many as a stepped run would see."""
+        if self.applied == 0 and backwards >= 2 * self.max_steps:
+            raise StopRun
+
     def restore(self) -> None:
         """Give every optimizer its own ``step`` back."""
         for optimizer, had_attr, previous in self._replaced:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from torchdoctor.diagnoses.gradcarry import GradCarryDetector
+from torchdoctor.diagnoses.manualgrad import ManualUpdateDetector
 from torchdoctor.diagnoses.nonfinite import all_finite
 from torchdoctor.engine.context import CheckOptions
 from torchdoctor.scriptrun.budget import LimitedIterator, PhaseTimer, StepBudget
@@ -93,7 +94,9 @@ class Instrumentation:
         self.run = run
         self.models: list[nn.Module] = []
         self.snapshots: list[nn.Module] = []
-        self.detector = GradCarryDetector(sync=True, name_of=self._param_name)
+        self.detector = GradCarryDetector(sync=True, name_of=self._param_name,
+                                          confirm_at_step=True)
+        self.manual = ManualUpdateDetector(self.detector.owns, self._param_name)
         self.timer = PhaseTimer(run.phase_seconds)
         self.budget = StepBudget(options.max_steps, self._record_skipped_step)
         self._model_index: dict[int, int] = {}
@@ -139,7 +142,8 @@ class Instrumentation:
         self._patches.clear()
         self.budget.restore()
         self.detector.close()
-        self.run.carried_grads = list(self.detector.records)
+        self.manual.close()
+        self.run.carried_grads = list(self.detector.records) + self.manual.records
         self._last_inputs.clear()
 
     def _patch(self, owner: Any, name: str, replacement: Any) -> None:
@@ -292,12 +296,16 @@ class Instrumentation:
 
         def observed_backward(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             value = float(tensor.detach()) if tensor.numel() == 1 else None
+            instrumentation.manual.before_backward(tensor, user_callsite())
             started = time.perf_counter()
             try:
-                return original(tensor, *args, **kwargs)
+                result = original(tensor, *args, **kwargs)
             finally:
                 instrumentation.timer.add("backward", started)
+                instrumentation.manual.after_backward(bool(instrumentation._optimizers))
                 instrumentation._after_backward(value)
+            instrumentation.budget.after_backward(len(instrumentation.run.backwards))
+            return result
 
         return observed_backward
 
@@ -361,6 +369,7 @@ class Instrumentation:
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._optimizers.setdefault(id(optimizer), len(self._optimizers))
         self.detector.watch(optimizer)
+        self.detector.before_step(optimizer)
         self._step_started = time.perf_counter()
 
     @_bookkeeping
@@ -393,13 +402,14 @@ class Instrumentation:
         detector = self.detector
 
         def observed_zero_grad(owner: Any, *args: Any, **kwargs: Any) -> Any:
-            detector.note_zero_grad(user_callsite())
+            detector.note_zero_grad(user_callsite(), _params_of(owner))
             return original(owner, *args, **kwargs)
 
         return observed_zero_grad
 
     def _param_name(self, param: torch.Tensor) -> str:
-        return self._param_names.get(id(param), f"parameter{tuple(param.shape)}")
+        name = self._param_names.get(id(param))
+        return name or _global_name(param) or f"parameter{tuple(param.shape)}"
 
     # -- data --------------------------------------------------------------------
     def _wrap_loader_iter(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -432,6 +442,20 @@ class Instrumentation:
                 "found): accuracy figures are not FashionMNIST's")
         if kind == "synthetic" and note not in self.run.notes:
             self.run.notes.append(note)
+
+
+def _global_name(tensor: torch.Tensor) -> str | None:
+    """The script's global variable holding ``tensor`` (raw-tensor programs: ``w``)."""
+    main = sys.modules.get("__main__")
+    return next((k for k, v in vars(main).items() if v is tensor and not k.startswith("_")),
+                None) if main is not None else None
+
+
+def _params_of(owner: Any) -> list[torch.Tensor]:
+    """The parameters a ``zero_grad`` of ``owner`` (optimizer or module) clears."""
+    if isinstance(owner, torch.optim.Optimizer):
+        return [p for group in owner.param_groups for p in group["params"]]
+    return list(owner.parameters()) if isinstance(owner, nn.Module) else []
 
 
 def _mark_followed(record: ForwardRecord) -> None:

@@ -167,6 +167,8 @@ class CarriedGradRecord:
     params: list[str] = field(default_factory=list)
     #: where zero_grad was called since that step, if anywhere (wrong optimizer/model)
     zero_grad_locations: list[CodeLocation] = field(default_factory=list)
+    #: tensors updated by hand (no optimizer): ``step_index`` counts the updates
+    manual: bool = False
 
 
 @dataclass

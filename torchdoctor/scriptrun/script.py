@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
+import multiprocessing
 import signal
 import sys
 import threading
@@ -21,7 +22,9 @@ from typing import Any
 from torchdoctor.engine.context import CheckOptions
 from torchdoctor.errors import TargetError
 from torchdoctor.scriptrun.budget import StopRun
+from torchdoctor.scriptrun.bypass import CompileBypass
 from torchdoctor.scriptrun.callsite import display_path, is_user_file, user_frame_of_traceback
+from torchdoctor.scriptrun.datasets import OfflineDatasets
 from torchdoctor.scriptrun.instrument import Instrumentation
 from torchdoctor.scriptrun.observations import (
     CodeLocation,
@@ -74,17 +77,21 @@ def run_script(path: Path, options: CheckOptions, *,
     the run is the caller's to preserve (the runner wraps this in preserved_state)."""
     path = Path(path).resolve()
     code = compile_file(path)
+    source = path.read_text(encoding="utf-8")
     module = types.ModuleType("__main__")
     module.__file__ = str(path)
     module.__dict__["__builtins__"] = builtins
     run = ScriptRun(path=display_path(str(path)))
     output = io.StringIO()
+    children_before = {p.pid for p in multiprocessing.active_children()}
     started = time.perf_counter()
     with _as_program(path, module, argv or []), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with Instrumentation(options, run) as instrumentation:
+        with OfflineDatasets(source, options.data_root, run), CompileBypass(run), \
+                Instrumentation(options, run) as instrumentation:
             _execute(code, module, run, instrumentation, options.timeout, output)
     run.seconds = time.perf_counter() - started
+    _end_leftover_processes(children_before, run)
     run.warnings = _warning_records(caught)
     _finish_phases(run)
     return ScriptResult(run, module.__dict__, list(instrumentation.models),
@@ -100,7 +107,7 @@ def _execute(code: types.CodeType, module: types.ModuleType, run: ScriptRun,
     except StopRun:
         run.status = RunStatus.STOPPED
         run.notes.append("stopped after the step budget (--max-steps applied, as many "
-                         "skipped)")
+                         "skipped; with no optimizer, 2x --max-steps backward passes)")
     except RunTimeout:
         run.status = RunStatus.TIMEOUT
         run.notes.append(f"the script was stopped at --timeout ({timeout:g}s)")
@@ -191,6 +198,20 @@ def _watchdog_limit(seconds: float) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+
+
+def _end_leftover_processes(before: set[int | None], run: ScriptRun) -> None:
+    """Terminate worker processes the script started and left running (Hogwild workers
+    still training when the run was stopped or timed out): otherwise multiprocessing
+    waits for them when torchdoctor exits, and the command never returns."""
+    leftover = [p for p in multiprocessing.active_children() if p.pid not in before]
+    for process in leftover:
+        process.terminate()
+    for process in leftover:
+        process.join(timeout=5)
+    if leftover:
+        run.notes.append(f"{len(leftover)} process(es) the script started were still "
+                         "running when the run ended and were terminated")
 
 
 def _warning_records(caught: list[warnings.WarningMessage]) -> list[WarningRecord]:
