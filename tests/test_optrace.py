@@ -166,3 +166,51 @@ def test_trace_loss_with_a_model_traces_its_forward_too() -> None:
     problems = trace_loss(loss_fn, None, y, model=Probabilities(), inputs=x)
     assert [(p.rule, p.location.line if p.location else 0) for p in problems] == [
         ("log-softmax", _line("# log of the model's softmax"))]
+
+
+def _hand_written_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((prediction - target) ** 2).mean()  # hand-written mse
+
+
+def _hand_written_bce(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+
+
+def test_validator_and_assertion_helper_expose_the_rules() -> None:
+    import warnings
+
+    import pytest
+
+    from torchdoctor.errors import ShapeError
+    from torchdoctor.testing import TorchDoctorAssertionError, assert_safe_loss
+    from torchdoctor.validators import check_loss_expression
+
+    prediction, target = torch.randn(16, 1), torch.randn(16)
+    with pytest.raises(ShapeError, match=r"\(16, 1\) - \(16,\) -> \(16, 16\)"):
+        check_loss_expression(_hand_written_mse, prediction, target)
+    assert check_loss_expression(_hand_written_mse, prediction.squeeze(1), target) is None
+    probabilities = torch.rand(16)
+    with pytest.warns(UserWarning, match="BCEWithLogitsLoss"):
+        check_loss_expression(_hand_written_bce, probabilities, target.gt(0).float())
+    with pytest.raises(TorchDoctorAssertionError, match=f"test_optrace.py:{_line('# hand-written mse')}"):
+        assert_safe_loss(_hand_written_mse, prediction, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_safe_loss(_hand_written_mse, prediction.squeeze(1), target)
+
+
+def test_watch_can_trace_its_first_steps() -> None:
+    import torchdoctor
+
+    torch.manual_seed(0)
+    model, x, y = nn.Linear(4, 1), torch.randn(32, 4), torch.randn(32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with torchdoctor.watch(model, optimizer, policy="record", trace_steps=2) as doc:
+        for _ in range(4):
+            optimizer.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()  # watched broadcast
+            loss.backward()
+            optimizer.step()
+    found = [f for f in doc.findings if f.check == "shape-mismatch"]
+    assert [f.location.rsplit(":", 1)[-1] for f in found] == [str(_line("# watched broadcast"))]
+    assert _get_current_function_mode_stack() == []

@@ -37,6 +37,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from torch.utils.weak import WeakIdKeyDictionary
 
+from torchdoctor.findings import Finding
 from torchdoctor.scriptrun.callsite import is_user_file, location_of
 from torchdoctor.scriptrun.observations import CodeLocation, OpProblem
 
@@ -370,3 +371,11 @@ def trace_loss(loss_fn: Any, prediction: torch.Tensor | None, target: Any, *,
             tracer.mark_prediction(prediction)
         loss_fn(prediction, target)
     return tracer.problems
+
+
+def problem_findings(problems: list[OpProblem]) -> list[Finding]:
+    """The tracer's problems as findings (for ``watch()`` and the validators)."""
+    from torchdoctor.findings import Severity
+
+    return [Finding(p.check, Severity(p.severity), p.message, str(p.location or ""), p.hint)
+            for p in problems]

@@ -38,6 +38,7 @@ from torchdoctor.testing.errors import TorchDoctorAssertionError
 from torchdoctor.testing.finite import assert_finite
 from torchdoctor.testing.grad_leak import assert_no_grad_leak
 from torchdoctor.testing.health import assert_healthy, assert_report_ok
+from torchdoctor.testing.numerics import assert_safe_loss
 from torchdoctor.testing.training import OVERFIT_RATIO as OVERFIT_RATIO
 from torchdoctor.testing.training import OVERFIT_STEPS as OVERFIT_STEPS
 from torchdoctor.testing.training import assert_overfits_batch, assert_params_update
@@ -53,6 +54,7 @@ from torchdoctor.testing.validation import (
 )
 
 __all__ = [
+    "assert_safe_loss",
     "TorchDoctorAssertionError",
     "assert_eval_deterministic",
     "assert_finite",
