@@ -16,8 +16,8 @@ from pathlib import Path
 
 os.environ.setdefault("TORCHDOCTOR_OFFLINE", "1")
 
-from torchdoctor.engine.context import DEFAULT_TRACE_STEPS, CheckOptions  # noqa: E402
-from torchdoctor.engine.runner import diagnose  # noqa: E402
+from torchdoctor.engine.context import DEFAULT_TRACE_STEPS, CheckOptions
+from torchdoctor.engine.runner import diagnose
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,8 @@ def _timed(script: str, trace_steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("script", nargs="?", default=str(ROOT / "examples" / "fashion_mnist_lab.py"))
+    lab = ROOT / "examples" / "fashion_mnist_lab.py"
+    parser.add_argument("script", nargs="?", default=str(lab))
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     _timed(args.script, 0)  # warm-up: imports, the dataset cache

@@ -33,7 +33,7 @@ def _setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def test_unsafe_numerics_found_at_their_lines() -> None:
-    model, x, y = _setup()
+    model, x, _ = _setup()
     with OpTracer() as tracer:
         out = model(x)
         torch.log(torch.softmax(out, 1))  # log-softmax
@@ -192,7 +192,8 @@ def test_validator_and_assertion_helper_expose_the_rules() -> None:
     probabilities = torch.rand(16)
     with pytest.warns(UserWarning, match="BCEWithLogitsLoss"):
         check_loss_expression(_hand_written_bce, probabilities, target.gt(0).float())
-    with pytest.raises(TorchDoctorAssertionError, match=f"test_optrace.py:{_line('# hand-written mse')}"):
+    mse_line = f"test_optrace.py:{_line('# hand-written mse')}"
+    with pytest.raises(TorchDoctorAssertionError, match=mse_line):
         assert_safe_loss(_hand_written_mse, prediction, target)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -54,7 +54,6 @@ from torchdoctor.testing.validation import (
 )
 
 __all__ = [
-    "assert_safe_loss",
     "TorchDoctorAssertionError",
     "assert_eval_deterministic",
     "assert_finite",
@@ -64,6 +63,7 @@ __all__ = [
     "assert_overfits_batch",
     "assert_params_update",
     "assert_report_ok",
+    "assert_safe_loss",
     "assert_same_device",
     "assert_valid_batch",
     "explain_comparison",
