@@ -32,10 +32,12 @@ class NumericsCheck(Check):
     def run(self, ctx: CheckContext) -> list[Finding]:
         """Findings from the script run's trace, then from a traced loss per model."""
         traced = ctx.run is not None and ctx.options.trace_steps > 0
-        if not traced and "model" not in ctx.modes:
-            raise SkipCheck("op tracing is off (--trace-steps 0) and there is no model")
+        model_mode = "model" in ctx.modes and _model_mode_applies(ctx)
+        if not traced and not model_mode:
+            raise SkipCheck("op tracing is off (--trace-steps 0) and no model is traced "
+                            "on its own")
         problems: list[OpProblem] = list(ctx.run.op_problems) if traced and ctx.run else []
-        if "model" in ctx.modes and _model_mode_applies(ctx):
+        if model_mode:
             for candidate in ctx.models:
                 problems.extend(self._model(ctx, candidate))
         return findings_for(self, problems)

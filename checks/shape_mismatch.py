@@ -37,7 +37,8 @@ class ShapeMismatchCheck(Check):
     """Shape errors translated to the module that raised, and silent loss broadcasts."""
 
     id = SHAPE_CHECK
-    summary = "layers fed the wrong shape; prediction and target broadcasting in the loss"
+    summary = ("layers fed the wrong shape; prediction and target broadcasting in the loss "
+               "or in hand-written loss and metric code")
 
     # -- script mode -------------------------------------------------------------------
     def explain_crash(self, error: ErrorRecord, run: ScriptRun) -> Finding | None:
