@@ -17,7 +17,7 @@ from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckContext, ModelCandidate
-    from torchdoctor.scriptrun.observations import OpProblem
+    from torchdoctor.scriptrun.observations import OpProblem, ScriptRun
 
 CHECK_ID = "numerics"  # the same as torchdoctor.diagnoses.numerics.NUMERICS_CHECK
 
@@ -29,29 +29,32 @@ class NumericsCheck(Check):
     summary = ("numerically unsafe expressions (log of softmax/sigmoid, hand-written BCE or "
                "log-sum-exp, unbounded exp, division by a sum/std, sqrt at 0)")
 
-    def run(self, ctx: CheckContext) -> list[Finding]:
-        """Findings from the script run's trace, then from a traced loss per model."""
-        traced = ctx.run is not None and ctx.options.trace_steps > 0
-        model_mode = "model" in ctx.modes and _model_mode_applies(ctx)
-        if not traced and not model_mode:
-            raise SkipCheck("op tracing is off (--trace-steps 0) and no model is traced "
-                            "on its own")
-        problems: list[OpProblem] = list(ctx.run.op_problems) if traced and ctx.run else []
-        if model_mode:
-            for candidate in ctx.models:
-                problems.extend(self._model(ctx, candidate))
-        return findings_for(self, problems)
+    def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
+        """What the op tracer found over the first steps of the run."""
+        if ctx.options.trace_steps <= 0:
+            if _model_mode_applies(ctx):
+                return []
+            raise SkipCheck("op tracing is off (--trace-steps 0)")
+        return findings_for(self, run.op_problems)
 
-    def _model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[OpProblem]:
+    def wants_models(self, ctx: CheckContext, script_findings: list[Finding]) -> bool:
+        """Model mode adds evidence only where the script did not run the model."""
+        return _model_mode_applies(ctx)
+
+    def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
+        """One traced forward and loss of a copy, on the training setup's batch."""
         from torchdoctor.hooks.optrace import trace_loss
 
         setup = ctx.training_setup()
         model = ctx.fresh_model(candidate)
         inputs, targets = setup.batch(ctx.options.device)
         try:
-            return trace_loss(setup.make_loss(), None, targets, model=model, inputs=inputs)
-        except RuntimeError:
-            return []  # the model does not take this batch: shape-mismatch reports it
+            problems = trace_loss(setup.make_loss(), None, targets, model=model,
+                                  inputs=inputs)
+        except RuntimeError as exc:
+            raise SkipCheck(f"the model does not run on this batch ({exc}"[:200] + ")") \
+                from exc
+        return findings_for(self, problems)
 
 
 def _model_mode_applies(ctx: CheckContext) -> bool:

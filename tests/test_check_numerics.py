@@ -86,6 +86,9 @@ def test_trace_steps_zero_turns_the_tracer_off() -> None:
     report = diagnose(str(BUGS / "shape_mismatch_broadcast.py"),
                       CheckOptions(trace_steps=0), select=["shape-mismatch", CHECK])
     assert _findings(report, "shape-mismatch") == []
+    numerics = report.result(CHECK)
+    assert numerics is not None and numerics.outcome is Outcome.SKIPPED
+    assert "--trace-steps 0" in numerics.detail
 
 
 def test_model_mode_traces_the_users_loss_hook(write_program) -> None:  # type: ignore[no-untyped-def]
