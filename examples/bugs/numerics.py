@@ -1,7 +1,8 @@
 """Bug: numerically unsafe expressions in a FashionMNIST classifier.
 
-Everything trains for now; each line below fails thousands of steps later, when a
-logit saturates or an image is blank. `torchdoctor check examples/bugs/numerics.py`
+Everything trains for now; three lines fail thousands of steps later, when a logit
+saturates or an image is blank (warnings), and the per-class recall is already NaN for
+a class absent from a batch of 16 (an error). `torchdoctor check examples/bugs/numerics.py`
 reports each one (check numerics) with its line and the safe replacement; the fix is in
 numerics_fixed.py.
 """
@@ -38,12 +39,16 @@ def train_epoch(model, loader, optimizer):
 
 def evaluate(model, loader):
     model.eval()
-    correct, energy = 0, 0.0
+    correct, energy, recall = 0, 0.0, torch.zeros(10)
     with torch.no_grad():
         for images, labels in loader:
             logits = model(images)
-            correct += (logits.argmax(dim=1) == labels).sum().item()
+            hits = (logits.argmax(dim=1) == labels).float()
+            correct += hits.sum().item()
+            onehot = F.one_hot(labels, 10).float()
+            recall += (hits.unsqueeze(1) * onehot).sum(0) / onehot.sum(0)  # BUG: 0 for an absent class
             energy += torch.log(torch.exp(logits).sum(dim=1)).mean().item()  # BUG: by hand
+    print(f"per-class recall: {(recall / len(loader)).tolist()}")
     return correct / len(loader.dataset), energy / len(loader)
 
 
@@ -52,7 +57,7 @@ def main():
     train_set = Subset(load_fashion_mnist(train=True, download=False), range(1024))
     test_set = Subset(load_fashion_mnist(train=False, download=False), range(256))
     train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
-    test_loader = DataLoader(test_set, batch_size=64)
+    test_loader = DataLoader(test_set, batch_size=16)
     model = Net()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for epoch in range(2):

@@ -1,7 +1,7 @@
 """Fixed: numerics.py with the safe expressions.
 
 An epsilon under the standard deviation, log_softmax instead of log(softmax), and
-torch.logsumexp instead of log(exp(x).sum()). `torchdoctor check` finds nothing here.
+torch.logsumexp instead of log(exp(x).sum()), a per-class count clamped to at least 1. `torchdoctor check` finds nothing here.
 """
 
 import torch
@@ -36,12 +36,16 @@ def train_epoch(model, loader, optimizer):
 
 def evaluate(model, loader):
     model.eval()
-    correct, energy = 0, 0.0
+    correct, energy, recall = 0, 0.0, torch.zeros(10)
     with torch.no_grad():
         for images, labels in loader:
             logits = model(images)
-            correct += (logits.argmax(dim=1) == labels).sum().item()
+            hits = (logits.argmax(dim=1) == labels).float()
+            correct += hits.sum().item()
+            onehot = F.one_hot(labels, 10).float()
+            recall += (hits.unsqueeze(1) * onehot).sum(0) / onehot.sum(0).clamp_min(1)
             energy += torch.logsumexp(logits, dim=1).mean().item()
+    print(f"per-class recall: {(recall / len(loader)).tolist()}")
     return correct / len(loader.dataset), energy / len(loader)
 
 
@@ -50,7 +54,7 @@ def main():
     train_set = Subset(load_fashion_mnist(train=True, download=False), range(1024))
     test_set = Subset(load_fashion_mnist(train=False, download=False), range(256))
     train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
-    test_loader = DataLoader(test_set, batch_size=64)
+    test_loader = DataLoader(test_set, batch_size=16)
     model = Net()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for epoch in range(2):
