@@ -13,19 +13,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torchdoctor.check import Check, SkipCheck
+from torchdoctor.diagnoses.numerics import NUMERICS_CHECK
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckContext, ModelCandidate
     from torchdoctor.scriptrun.observations import OpProblem, ScriptRun
 
-CHECK_ID = "numerics"  # the same as torchdoctor.diagnoses.numerics.NUMERICS_CHECK
-
-
 class NumericsCheck(Check):
     """Unsafe expressions in the loss, metrics and forward code, found on the first steps."""
 
-    id = CHECK_ID
+    id = NUMERICS_CHECK
     summary = ("numerically unsafe expressions (log of softmax/sigmoid, hand-written BCE or "
                "log-sum-exp, unbounded exp, division by a sum/std, sqrt at 0)")
 
