@@ -21,6 +21,7 @@ BUILTIN_MODULES = {
     "missing_zero_grad": "MissingZeroGradCheck",
     "eval_mode": "EvalModeCheck",
     "loss_function": "LossFunctionCheck",
+    "numerics": "NumericsCheck",
     "overfit_one_batch": "OverfitOneBatchCheck",
 }
 

@@ -24,6 +24,8 @@ from torchdoctor.diagnoses.broadcasting import (
 from torchdoctor.diagnoses.shapes import SHAPE_CHECK, explain_bare_matmul, explain_shape_error
 from torchdoctor.findings import Finding
 
+from .numerics import findings_for
+
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckContext, ModelCandidate, TrainingSetup
     from torchdoctor.scriptrun.observations import ErrorRecord, ModuleCall, ScriptRun
@@ -35,7 +37,8 @@ class ShapeMismatchCheck(Check):
     """Shape errors translated to the module that raised, and silent loss broadcasts."""
 
     id = SHAPE_CHECK
-    summary = "layers fed the wrong shape; prediction and target broadcasting in the loss"
+    summary = ("layers fed the wrong shape; prediction and target broadcasting in the loss "
+               "or in hand-written loss and metric code")
 
     # -- script mode -------------------------------------------------------------------
     def explain_crash(self, error: ErrorRecord, run: ScriptRun) -> Finding | None:
@@ -53,8 +56,9 @@ class ShapeMismatchCheck(Check):
         return self.error(message, location=location, hint=hint, explains_crash=True)
 
     def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
-        """Prediction and target broadcasting against each other in the loss calls."""
-        return self._loss_broadcasts(run)
+        """Prediction and target broadcasting against each other in the loss calls, and
+        in hand-written loss and metric code (seen by the op tracer)."""
+        return self._loss_broadcasts(run) + findings_for(self, run.op_problems)
 
     def _loss_broadcasts(self, run: ScriptRun) -> list[Finding]:
         found: list[Finding] = []

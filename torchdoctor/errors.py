@@ -68,5 +68,10 @@ class BatchError(DiagnosisError):
     """A batch with non-finite values, an odd value range or labels out of range."""
 
 
+class NumericsError(DiagnosisError):
+    """A numerically unsafe expression (log of softmax, a hand-written BCE, a division
+    by a sum that can be zero...) that produces inf/NaN sooner or later."""
+
+
 class LossInputError(DiagnosisError):
     """Inputs that do not suit the loss function (softmax before CrossEntropyLoss...)."""

@@ -32,6 +32,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
+    return number
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
@@ -85,6 +92,9 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
                        help="skip these check ids (comma-separated, repeatable)")
     check.add_argument("--max-steps", type=_positive_int, default=20, metavar="N",
                        help="optimizer steps applied in a script run (default 20)")
+    check.add_argument("--trace-steps", type=_non_negative_int, default=3, metavar="N",
+                       help="optimizer steps of a script run traced op by op for the numerics "
+                       "and broadcasting rules (default 3; 0: off)")
     check.add_argument("--script-args", type=shlex.split, default=[], metavar="'ARGS'",
                        help="command-line arguments for a file target, as one quoted string "
                        "(its sys.argv[1:]), e.g. --script-args '--epochs 3 --data ./data'")
@@ -167,7 +177,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     options = CheckOptions(device=_checked_device(args.device), seed=args.seed,
                            limit_batches=args.limit_batches, max_steps=args.max_steps,
                            timeout=args.timeout, data_root=args.data, verbose=args.verbose,
-                           script_args=tuple(args.script_args))
+                           script_args=tuple(args.script_args), trace_steps=args.trace_steps)
     if args.data:
         os.environ["TORCHDOCTOR_DATA"] = args.data  # so the user's script finds it too
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())

@@ -25,6 +25,7 @@ DEFAULT_LIMIT_BATCHES = 4
 DEFAULT_MAX_STEPS = 20
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_SEED = 0
+DEFAULT_TRACE_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class CheckOptions:
     verbose: bool = False
     #: command-line arguments given to a script target (its sys.argv[1:])
     script_args: tuple[str, ...] = ()
+    #: optimizer steps of a script run traced op by op (the numerics and broadcasting
+    #: rules); 0 turns the op tracer off
+    trace_steps: int = DEFAULT_TRACE_STEPS
 
 
 @dataclass

@@ -20,6 +20,8 @@ from torchdoctor.errors import (
     GradientError,
     ModeError,
     NonFiniteError,
+    NumericsError,
+    ShapeError,
     TorchDoctorWarning,
 )
 from torchdoctor.findings import Finding, Severity
@@ -34,6 +36,8 @@ KINDS: dict[str, type[DiagnosisError]] = {
     "not-in-optimizer": DiagnosisError,
     "missing-zero-grad": GradientError,
     "eval-mode": ModeError,
+    "numerics": NumericsError,
+    "shape-mismatch": ShapeError,
 }
 ACTIONS = ("record", "warn", "raise")
 DEFAULT_KEY = "default"

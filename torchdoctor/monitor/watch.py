@@ -66,7 +66,8 @@ LossT = TypeVar("LossT", torch.Tensor, float)
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, policy: PolicySpec = None,
           every: int | None = None, update_every: int = 20,
           thresholds: Thresholds | None = None, history: int = 1000,
-          distributed: bool | None = None, nan_every_step: bool | None = None) -> Watch:
+          distributed: bool | None = None, nan_every_step: bool | None = None,
+          trace_steps: int = 0) -> Watch:
     """Start watching ``model`` trained by ``optimizer``; use as a context manager.
 
     ``policy``: what to do with findings besides recording them: one of ``"record"``,
@@ -80,10 +81,13 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, policy: PolicyS
     torch.distributed is initialised with more than one rank). ``nan_every_step``:
     check for NaN/inf at every step, so it is raised and localised at the step where it
     appears (default: on the CPU only; on an accelerator it costs a host sync per step).
+    ``trace_steps``: trace the tensor ops of the first N steps (and of the first
+    evaluation forwards) for numerically unsafe expressions (``numerics``) and
+    prediction/target broadcasts (``shape-mismatch``); reported when the watch stops.
     """
     doc = Watch(model, optimizer, policy=policy, every=every, update_every=update_every,
                 thresholds=thresholds, history=history, distributed=distributed,
-                nan_every_step=nan_every_step)
+                nan_every_step=nan_every_step, trace_steps=trace_steps)
     return doc.start()
 
 
@@ -98,7 +102,8 @@ class Watch:
                  policy: PolicySpec = None, every: int | None = None,
                  update_every: int = 20, thresholds: Thresholds | None = None,
                  history: int = 1000, distributed: bool | None = None,
-                 nan_every_step: bool | None = None, step_hooks: bool = True) -> None:
+                 nan_every_step: bool | None = None, step_hooks: bool = True,
+                 trace_steps: int = 0) -> None:
         if every is not None and every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if update_every < 0:
@@ -124,6 +129,8 @@ class Watch:
         self._carry_seen = 0
         self._losses_seen = 0
         self._started_at = self._seconds = 0.0
+        self._trace_steps = trace_steps
+        self._tracer: Any = None  # an OpTracer while tracing the first steps
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Watch:
@@ -243,8 +250,15 @@ class Watch:
             self._handles.append(self.optimizer.register_step_pre_hook(step_hook(ref, True)))
             self._handles.append(self.optimizer.register_step_post_hook(step_hook(ref, False)))
         self._carry.watch(self.optimizer)
+        if self._trace_steps > 0:
+            from torchdoctor.hooks.optrace import OpTracer
+
+            self._tracer = OpTracer(models=[self.model], optimizers=[self.optimizer],
+                                    steps=self._trace_steps).start()
 
     def _teardown(self) -> None:
+        if self._tracer is not None:
+            self._tracer.stop()
         handles, self._handles = self._handles, []
         for handle in reversed(handles):
             handle.remove()
@@ -269,11 +283,20 @@ class Watch:
         try:
             found = [] if exception and self._distributed else self._read(final=True)
             missing = self._reader.no_gradient(self.steps)
-            return found + ([missing] if missing else [])
+            return found + ([missing] if missing else []) + self._traced()
         except Exception:
             if exception:
                 return []
             raise
+
+    def _traced(self) -> list[Finding]:
+        """What the op tracer found over the first steps (it stops here)."""
+        if self._tracer is None:
+            return []
+        from torchdoctor.hooks.optrace import problem_findings
+
+        self._tracer.stop()
+        return problem_findings(self._tracer.problems)
 
     # -- events ----------------------------------------------------------------------
     def _on_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

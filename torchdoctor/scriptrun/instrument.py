@@ -47,6 +47,7 @@ from torchdoctor.scriptrun.observations import (
     ScriptRun,
     StepRecord,
 )
+from torchdoctor.scriptrun.tracing import ScriptTracing, start_tracing
 from torchdoctor.tensors import (
     deepcopy_module,
     first_tensor,
@@ -112,6 +113,7 @@ class Instrumentation:
         self._pass_index = -1
         self._step_started = 0.0
         self._paused = False  # set while torchdoctor itself runs a model (replays)
+        self._tracing: ScriptTracing | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def __enter__(self) -> Instrumentation:
@@ -131,9 +133,12 @@ class Instrumentation:
         self._patch(nn.Module, "zero_grad", self._wrap_zero_grad(nn.Module.zero_grad))
         for name in FUNCTIONAL_LOSSES:
             self._patch(nn.functional, name, self._wrap_functional_loss(name))
+        self._tracing = start_tracing(self.options, self.run)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._tracing is not None:
+            self._tracing.close()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -241,6 +241,10 @@ class ScriptRun:
     #: "backward", "step" (optimizer), "other" (the rest of the script)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: what the op tracer found over the first steps (unsafe numerics, broadcasts)
+    op_problems: list[OpProblem] = field(default_factory=list)
+    #: user-code tensor ops the op tracer looked at (0: tracing off or nothing seen)
+    traced_ops: int = 0
 
     @property
     def applied_steps(self) -> list[StepRecord]:
@@ -250,3 +254,16 @@ class ScriptRun:
     def forwards_of(self, model: int) -> list[ForwardRecord]:
         """The forwards of one observed model, in order."""
         return [f for f in self.forwards if f.model == model]
+
+
+@dataclass(frozen=True)
+class OpProblem:
+    """An unsafe expression or a meaning-changing broadcast found by the op tracer
+    (:mod:`torchdoctor.hooks.optrace`) in the user's code."""
+
+    check: str  #: the check id it is reported under
+    rule: str  #: which pattern (``log-softmax``, ``broadcast``...)
+    severity: str  #: "error" or "warning"
+    message: str
+    hint: str
+    location: CodeLocation | None

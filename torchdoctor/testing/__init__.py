@@ -38,6 +38,7 @@ from torchdoctor.testing.errors import TorchDoctorAssertionError
 from torchdoctor.testing.finite import assert_finite
 from torchdoctor.testing.grad_leak import assert_no_grad_leak
 from torchdoctor.testing.health import assert_healthy, assert_report_ok
+from torchdoctor.testing.numerics import assert_safe_loss
 from torchdoctor.testing.training import OVERFIT_RATIO as OVERFIT_RATIO
 from torchdoctor.testing.training import OVERFIT_STEPS as OVERFIT_STEPS
 from torchdoctor.testing.training import assert_overfits_batch, assert_params_update
@@ -62,6 +63,7 @@ __all__ = [
     "assert_overfits_batch",
     "assert_params_update",
     "assert_report_ok",
+    "assert_safe_loss",
     "assert_same_device",
     "assert_valid_batch",
     "explain_comparison",

@@ -10,6 +10,7 @@ devices and the fix, and whose ``findings`` hold the same as
     check_batch((inputs, targets), num_classes=10)   # BatchError
     check_output(model, inputs, (None, 10))      # ShapeError
     check_loss_inputs(logits, targets, loss_fn)  # LossInputError / ShapeError
+    check_loss_expression(loss_fn, prediction, targets)  # NumericsError / ShapeError
 
 Two pure helpers are the checks' own diagnoses, which they run on script observations:
 :func:`explain_shape_error` (:mod:`torchdoctor.diagnoses.shapes`: torch's shape errors
@@ -37,6 +38,7 @@ from torchdoctor.validators.loss_inputs import (
     loss_name_of,
 )
 from torchdoctor.validators.loss_rules import SHAPE_KINDS, LossInputProblem, broadcast_shape
+from torchdoctor.validators.numerics import check_loss_expression
 from torchdoctor.validators.output import check_output
 from torchdoctor.validators.shape_errors import explain_shape_error
 
@@ -53,6 +55,7 @@ __all__ = [
     "canonical_loss_name",
     "check_batch",
     "check_devices",
+    "check_loss_expression",
     "check_loss_inputs",
     "check_output",
     "explain_shape_error",
