@@ -60,7 +60,7 @@ def eval_nondeterminism(ctx: CheckContext, candidate: ModelCandidate) -> EvalRan
 
     model = ctx.fresh_model(candidate)
     model.eval()
-    inputs, _ = ctx.training_setup().batch(ctx.options.device)
+    inputs, _ = ctx.training_setup(candidate).batch(ctx.options.device)
     device = torch.device(ctx.options.device)
     cuda = [device.index or 0] if device.type == "cuda" else []
     try:
