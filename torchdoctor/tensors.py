@@ -29,6 +29,8 @@ def to_device(value: Any, device: str | torch.device) -> Any:
     """Move a tensor, or the tensors inside lists/tuples/dicts, to ``device``."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(to_device(v, device) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(to_device(v, device) for v in value)
     if isinstance(value, dict):

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: the weight of an auxiliary head's loss (torchvision's Inception recipe)
+AUX_WEIGHT = 0.4
 #: keys/attributes that name a model's main output, most specific first
 OUTPUT_NAMES = ("logits", "logit", "scores", "out", "output", "outputs", "prediction", "y")
 
@@ -72,10 +74,22 @@ class SyntheticLoss(nn.Module):
         self.classes_last = classes_last
 
     def forward(self, output: Any, targets: torch.Tensor) -> torch.Tensor:
-        """The loss of ``output``'s main tensor against ``targets``."""
+        """The loss of ``output``'s main tensor against ``targets``, plus
+        :data:`AUX_WEIGHT` times that of each other output of the same shape (auxiliary
+        heads, as GoogLeNet's and Inception's: trained as their recipes do)."""
+        from torchdoctor.tensors import iter_tensors
+
         prediction = main_output(output)
         if prediction is None:
             raise TypeError(f"the model returned {type(output).__name__} without a tensor")
+        loss = self._one(prediction, targets)
+        for other in iter_tensors(output):
+            if other is not prediction and other.shape == prediction.shape and \
+                    other.is_floating_point():
+                loss = loss + AUX_WEIGHT * self._one(other, targets)
+        return loss
+
+    def _one(self, prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.kind == "mse":
             return F.mse_loss(prediction, targets)
         if self.classes_last:
