@@ -172,3 +172,18 @@ def test_torchvision_models_get_no_error(name: str, one_thread: None) -> None:
     assert report.data.startswith("synthetic (inferred: 3x"), report.data
     assert _errors(report) == []
     assert Outcome.CRASHED not in _outcomes(report).values()
+
+
+def test_auxiliary_heads_are_trained_and_namedtuples_move() -> None:
+    from collections import namedtuple
+
+    from torchdoctor.synth import SyntheticLoss
+    from torchdoctor.tensors import to_device
+
+    Outputs = namedtuple("Outputs", ["logits", "aux"])
+    logits = torch.randn(4, 3, requires_grad=True)
+    aux = torch.randn(4, 3, requires_grad=True)
+    output = to_device(Outputs(logits, aux), "cpu")
+    assert isinstance(output, Outputs)
+    SyntheticLoss("cross_entropy")(output, torch.tensor([0, 1, 2, 0])).backward()
+    assert logits.grad is not None and aux.grad is not None
