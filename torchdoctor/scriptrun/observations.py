@@ -1,6 +1,6 @@
 """What a script-mode run saw, as plain data.
 
-:mod:`torchdoctor.instrument` fills a :class:`ScriptRun` while the user's file runs;
+:mod:`torchdoctor.scriptrun.instrument` fills a :class:`ScriptRun` while the user's file runs;
 the checks read it afterwards. Records hold summaries (shapes, dtypes, a few numbers),
 never tensors, so nothing of the user's run is kept alive. No torch import here.
 """

@@ -73,7 +73,7 @@ def compile_file(path: Path) -> types.CodeType:
 def run_script(path: Path, options: CheckOptions, *,
                argv: list[str] | None = None) -> ScriptResult:
     """Run ``path`` as ``__main__`` in the fast-dev-run regime (see
-    :mod:`torchdoctor.instrument`) and return what was observed. Global state touched by
+    :mod:`torchdoctor.scriptrun.instrument`) and return what was observed. Global state touched by
     the run is the caller's to preserve (the runner wraps this in preserved_state)."""
     path = Path(path).resolve()
     code = compile_file(path)
