@@ -139,3 +139,33 @@ def test_no_module_over_400_lines(directory: str) -> None:
             for path in sorted((REPO_ROOT / directory).rglob("*.py"))
             if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def _is_broad(handler: ast.ExceptHandler) -> bool:
+    """A bare ``except:``, or one naming Exception/BaseException (alone or in a tuple)."""
+    if handler.type is None:
+        return True
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(n, ast.Name) and n.id in ("Exception", "BaseException")
+               for n in names)
+
+
+def test_broad_exception_handlers_say_whose_code_they_guard() -> None:
+    """Our own bug must surface as ``crashed``, so a broad handler is only for the
+    user's code or a plugin, and says which on its ``except`` line. Handlers that only
+    clean up and re-raise are exempt; a check catching the user's failure uses
+    ``torchdoctor.errors.user_code`` / ``UserCodeError`` instead of a broad handler."""
+    unexplained = []
+    for path in _modules().values():
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.ExceptHandler) or not _is_broad(node):
+                continue
+            last = node.body[-1]
+            if isinstance(last, ast.Raise) and last.exc is None:
+                continue
+            if "#" not in lines[node.lineno - 1]:
+                unexplained.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not unexplained, ("broad except without a comment saying whose code it "
+                             f"guards: {unexplained}")

@@ -72,7 +72,7 @@ def run_one_check(check: Check, ctx: CheckContext) -> CheckResult:
     except SkipCheck as exc:
         return CheckResult(check.id, Outcome.SKIPPED, time.perf_counter() - started, [],
                            str(exc))
-    except Exception:
+    except Exception:  # any check's failure, ours or a plugin's, is reported: crashed
         return CheckResult(check.id, Outcome.CRASHED, time.perf_counter() - started, [],
                            traceback.format_exc())
     seconds = time.perf_counter() - started

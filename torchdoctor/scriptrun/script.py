@@ -115,7 +115,7 @@ def _execute(code: types.CodeType, module: types.ModuleType, run: ScriptRun,
         if exc.code not in (None, 0):
             run.status = RunStatus.EXITED
             run.notes.append(f"the script called sys.exit({exc.code!r})")
-    except Exception as exc:
+    except Exception as exc:  # the user's script crashed: that is an observation
         run.status = RunStatus.CRASHED
         run.error = _error_record(exc, instrumentation, not run.forwards)
 
