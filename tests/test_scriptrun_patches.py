@@ -30,7 +30,7 @@ ESCAPING = """
 import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 saved_backward = torch.Tensor.backward
 saved_iter = DataLoader.__iter__
