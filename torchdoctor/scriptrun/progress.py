@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import torch
 
-from torchdoctor.profiling.base import INTERNAL
 from torchdoctor.scriptrun.budget import StepBudget
 
 _DETAILED_PER_PASS = 2  # forwards/losses per DataLoader pass summarised with statistics
@@ -25,6 +24,10 @@ def bookkeeping(method: _F) -> _F:
     def labelled(*args: Any, **kwargs: Any) -> Any:
         if not torch.autograd.profiler._is_profiler_enabled:
             return method(*args, **kwargs)
+        # imported only while a profiler runs: a script run need not load the profiling
+        # package (the label's home), a profile has loaded it already
+        from torchdoctor.profiling.base import INTERNAL
+
         with torch.profiler.record_function(INTERNAL):
             return method(*args, **kwargs)
 
