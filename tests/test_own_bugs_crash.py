@@ -10,14 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from tests.models import image_mlp
 from torchdoctor.engine.runner import diagnose_model
 from torchdoctor.errors import UserCodeError, user_code
 from torchdoctor.findings import Outcome
 from torchdoctor.hooks import localize_nonfinite
-
-
-def _classifier() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
 
 
 def _our_bug(*args: object, **kwargs: object) -> None:
@@ -25,7 +22,7 @@ def _our_bug(*args: object, **kwargs: object) -> None:
 
 
 def _outcome(check_id: str) -> tuple[Outcome, str]:
-    report = diagnose_model(_classifier(), select=[check_id])
+    report = diagnose_model(image_mlp(16), select=[check_id])
     result = report.result(check_id)
     assert result is not None
     return result.outcome, result.detail
