@@ -104,13 +104,22 @@ def wrap_functional_loss(name: str, original: Wrapper, link: RunLink[RunObserver
     """``torch.nn.functional.<name>``: recorded when called outside any module (inside
     one, the module's own forward is what is observed)."""
 
+    # torch re-dispatches a functional call through the module's global name (that
+    # is, this wrapper) when a __torch_function__ mode is on (the op tracer): the
+    # nested call is the same loss, recorded once
+    running = [0]
+
     @functools.wraps(original)
     def observed_loss(*args: Any, **kwargs: Any) -> Any:
         run = link.get()
-        if run is None:
+        if run is None or running[0]:
             return original(*args, **kwargs)
         inside_module = run.inside_module
-        output = original(*args, **kwargs)
+        running[0] += 1
+        try:
+            output = original(*args, **kwargs)
+        finally:
+            running[0] -= 1
         if not inside_module:
             prediction = args[0] if args else kwargs.get("input")
             target = args[1] if len(args) > 1 else kwargs.get("target")
