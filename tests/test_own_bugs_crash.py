@@ -17,6 +17,17 @@ from torchdoctor.findings import Outcome
 from torchdoctor.hooks import localize_nonfinite
 
 
+class _Raising(nn.Module):
+    """The user's model, failing in its own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("the user's forward fails")
+
+
 def _our_bug(*args: object, **kwargs: object) -> None:
     raise RuntimeError("a bug in torchdoctor's own analysis")
 
@@ -42,8 +53,8 @@ def test_a_bug_in_a_checks_own_analysis_is_crashed(check_id: str, target: str,
 
 def test_the_users_failure_is_still_caught_where_it_is_expected() -> None:
     """The same guard lets the user's own failure through to the check's verdict: a model
-    that does not take the reference batch is not a crash of overfit-one-batch."""
-    report = diagnose_model(nn.Linear(3, 2), select=["overfit-one-batch"])
+    whose forward raises is not a crash of overfit-one-batch."""
+    report = diagnose_model(_Raising(), select=["overfit-one-batch"])
     result = report.result("overfit-one-batch")
     assert result is not None and result.outcome is Outcome.SKIPPED
 
