@@ -147,11 +147,12 @@ def _script_final_activation(ctx: CheckContext) -> tuple[bool, FinalActivation |
     from torchdoctor.diagnoses.final_layer import final_activation
 
     run = ctx.run
-    if run is None or not ctx.models or not run.forwards or not run.forwards[0].inputs:
+    models = ctx.found_models or ctx.models
+    if run is None or not models or not run.forwards or not run.forwards[0].inputs:
         return False, None
     from torchdoctor.tensors import set_training
 
-    candidate = ctx.models[0]
+    candidate = models[0]
     inputs = _inputs_like(run.forwards[0].inputs, ctx.options.device)
     model = set_training(ctx.fresh_model(candidate), False)
     try:

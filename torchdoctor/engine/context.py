@@ -114,6 +114,9 @@ class CheckContext:
     _probes: dict[int, ForwardProbe] = field(default_factory=dict, repr=False, compare=False)
     #: why models found are not in ``models`` (no input could be inferred, too large)
     model_skip: str = ""
+    #: every model found, also those model mode cannot train (no setup): their
+    #: structure (the last layer, registered buffers) is still evidence for script mode
+    found_models: list[ModelCandidate] = field(default_factory=list)
 
     @property
     def modes(self) -> frozenset[str]:

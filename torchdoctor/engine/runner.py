@@ -238,10 +238,20 @@ def _context(target: str, options: CheckOptions, setup: TrainingSetup,
     synthetic one: :func:`torchdoctor.synth.choose_setup`); models with none are left
     out of model mode, and the reason kept to say why checks were skipped."""
     from torchdoctor.synth import choose_setup
+    from torchdoctor.synth.resolve import BATCH_HOOK, Choice
 
     usable, reasons = [], []
     for candidate in models:
         choice = choose_setup(candidate, setup, options)
+        if choice.setup is not None and choice.setup is not setup and run is not None \
+                and run.forwards:
+            # The script already ran its models on its own data. A task we guessed for
+            # them proves little and could accuse a healthy model (a value head, a
+            # contrastive loss), so model mode keeps to the reference and the user's hooks.
+            choice = Choice(None, f"{candidate.name}: the script trains it on its own data "
+                                  "and model mode cannot reuse that data; a guessed task "
+                                  f"could accuse a healthy model ({BATCH_HOOK} to check "
+                                  "copies too)")
         if choice.setup is None:
             reasons.append(choice.reason)
         else:
@@ -249,7 +259,7 @@ def _context(target: str, options: CheckOptions, setup: TrainingSetup,
             usable.append(candidate)
     return CheckContext(target, options, setup, run, usable,
                         crash_explanations=crash_explanations or [],
-                        model_skip="; ".join(reasons))
+                        model_skip="; ".join(reasons), found_models=list(models))
 
 
 def _mode_name(ctx: CheckContext) -> str:

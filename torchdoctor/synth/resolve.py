@@ -28,7 +28,7 @@ from torch import nn
 
 from torchdoctor.synth.specs import InputSpec, candidate_specs
 from torchdoctor.synth.task import main_output, make_task
-from torchdoctor.tensors import to_device
+from torchdoctor.tensors import set_training, to_device
 
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckOptions, ModelCandidate, TrainingSetup
@@ -76,7 +76,7 @@ def choose_setup(candidate: ModelCandidate, base: TrainingSetup,
         return Choice(base)  # the user's own batch or loss: theirs, never second-guessed
     if candidate.parameters is not None and _too_large(candidate.parameters, options):
         return Choice(None, f"{candidate.name} {_too_large(candidate.parameters, options)}")
-    model = candidate.build().to(options.device).train()
+    model = set_training(candidate.build().to(options.device))  # not a train() override
     too_large = _too_large(sum(p.numel() for p in model.parameters()), options)
     if too_large:
         return Choice(None, f"{candidate.name} {too_large}")

@@ -76,7 +76,10 @@ class SyntheticLoss(nn.Module):
     def forward(self, output: Any, targets: torch.Tensor) -> torch.Tensor:
         """The loss of ``output``'s main tensor against ``targets``, plus
         :data:`AUX_WEIGHT` times that of each other output of the same shape (auxiliary
-        heads, as GoogLeNet's and Inception's: trained as their recipes do)."""
+        heads, as GoogLeNet's and Inception's: trained as their recipes do), plus
+        :data:`AUX_WEIGHT` times the mean square of every other floating output (a value
+        head, a VAE's mu and logvar): the real program trains those heads too, so a
+        guessed task that ignored them would accuse them of getting no gradient."""
         from torchdoctor.tensors import iter_tensors
 
         prediction = main_output(output)
@@ -84,9 +87,12 @@ class SyntheticLoss(nn.Module):
             raise TypeError(f"the model returned {type(output).__name__} without a tensor")
         loss = self._one(prediction, targets)
         for other in iter_tensors(output):
-            if other is not prediction and other.shape == prediction.shape and \
-                    other.is_floating_point():
+            if other is prediction or not other.is_floating_point():
+                continue
+            if other.shape == prediction.shape:
                 loss = loss + AUX_WEIGHT * self._one(other, targets)
+            elif other.requires_grad:
+                loss = loss + AUX_WEIGHT * other.float().pow(2).mean()
         return loss
 
     def _one(self, prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
