@@ -100,6 +100,8 @@ class Diagnosis:
         self._results: dict[str, CheckResult] = {}
         self._run_findings: list[Finding] = []
         self._started = time.perf_counter()
+        #: the script run of a file target (its output, its error), once prepared
+        self.script_result: Any = None
 
     @property
     def check_ids(self) -> list[str]:
@@ -156,6 +158,7 @@ class Diagnosis:
 
         assert parsed.path is not None
         result = run_script(parsed.path, self.options, argv=list(self.options.script_args))
+        self.script_result = result
         run = result.run
         missing = missing_package(run)
         if missing is not None:

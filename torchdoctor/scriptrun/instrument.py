@@ -99,7 +99,8 @@ class Instrumentation:
                                           confirm_at_step=True)
         self.manual = ManualUpdateDetector(self.detector.owns, self._param_name)
         self.timer = PhaseTimer(run.phase_seconds)
-        self.budget = StepBudget(options.max_steps, self._record_skipped_step)
+        self.budget = StepBudget(options.max_steps, self._record_skipped_step,
+                                 options.skipped_steps)
         self._model_index: dict[int, int] = {}
         self._param_names: dict[int, str] = {}
         self._qualnames: dict[int, str] = {}
