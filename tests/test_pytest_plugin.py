@@ -147,8 +147,9 @@ def test_settings_come_from_ini_and_the_command_line_wins(pytester: pytest.Pytes
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("--torchdoctor-seed", "abc"), "*torchdoctor_seed*expected an integer, got 'abc'*"),
-    (("--torchdoctor-timeout", "0"), "*torchdoctor_timeout: expected a positive value*"),
+    (("--torchdoctor-seed", "abc"), "*--torchdoctor-seed 'abc': expected an integer*"),
+    (("--torchdoctor-timeout", "0"), "*--torchdoctor-timeout '0': must be positive*"),
+    (("--torchdoctor-max-steps", "0"), "*--torchdoctor-max-steps '0': must be at least 1*"),
     (("--torchdoctor-select", "nan-los"), "*unknown check id 'nan-los'; known: *nan-loss*"),
 ])
 def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester, args: tuple[str, ...],

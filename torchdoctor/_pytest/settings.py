@@ -58,8 +58,8 @@ def _run_value(config: pytest.Config, option: RunOption) -> Any:
     try:
         return option.read(str(value))
     except ValueError as exc:
-        where = option.pytest_flag if from_cli else f"ini {option.ini}"
-        raise pytest.UsageError(f"{where}: {str(exc).partition(': ')[2]}") from None
+        where = option.pytest_flag if from_cli else f"ini setting {option.ini} ="
+        raise pytest.UsageError(f"{where} {value!r}: {str(exc).partition(': ')[2]}") from None
 
 
 def _targets(config: pytest.Config) -> tuple[str, ...]:
