@@ -195,3 +195,34 @@ def test_ctrl_c_exits_130_as_the_help_says(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "torchdoctor: interrupted" in err and "Traceback" not in err
     assert "130 interrupted (Ctrl-C)" in run_cli("check", "--help").stdout
+
+
+CUDA_AT_START = """
+import torch
+from torch import nn
+model = nn.Linear(4, 2).cuda()
+model(torch.randn(8, 4).cuda()).sum().backward()
+"""
+CUDA_LATER = TRAINS + "x = torch.randn(2, 4).cuda()\n"
+CUDA_IDIOM = TRAINS.replace("model = nn.Linear(4, 2)", "device = 'cuda' if torch.cuda."
+                            "is_available() else 'cpu'\nmodel = nn.Linear(4, 2).to(device)")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine "
+                    "without CUDA")
+def test_cuda_on_a_cpu_machine_gets_the_portable_idiom(tmp_path: Path) -> None:
+    (tmp_path / "start.py").write_text(CUDA_AT_START)
+    result = run_cli("check", "start.py", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "the script asks for CUDA at start.py:4 but this machine has none" in result.stderr
+    assert 'device = "cuda" if torch.cuda.is_available() else "cpu"' in result.stderr
+    (tmp_path / "later.py").write_text(CUDA_LATER)
+    result = run_cli("check", "later.py", "--select", "missing-zero-grad", "--format", "json",
+                     cwd=tmp_path)
+    finding = next(f for f in json.loads(result.stdout)["findings"] if f["check"] == "target")
+    assert finding["location"] == "later.py:12" and finding["severity"] == "error"
+    assert "torch.cuda.is_available()" in finding["hint"]
+    (tmp_path / "idiom.py").write_text(CUDA_IDIOM)
+    result = run_cli("check", "idiom.py", "--format", "json", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not [f for f in json.loads(result.stdout)["findings"] if f["check"] == "target"]

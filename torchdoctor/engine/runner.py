@@ -15,6 +15,10 @@ from types import ModuleType
 from typing import Any
 
 from torchdoctor.check import Check, SkipCheck
+from torchdoctor.diagnoses.no_gpu import (
+    asked_for_missing_cuda,
+    no_gpu_finding,
+)
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
 from torchdoctor.engine.state import preserved_state
 from torchdoctor.engine.target import (
@@ -293,7 +297,10 @@ def _run_findings(run: ScriptRun | None, findings: list[Finding]) -> list[Findin
     if run is None:
         return []
     found = []
-    if run.error is not None and not any(f.explains_crash for f in findings):
+    if asked_for_missing_cuda(run.error) and not any(f.explains_crash for f in findings):
+        assert run.error is not None
+        found.append(no_gpu_finding(run.error, run.path))
+    elif run.error is not None and not any(f.explains_crash for f in findings):
         found.append(Finding(
             TARGET_CHECK_ID, Severity.ERROR,
             f"the script raised {run.error.type_name}: {run.error.message.splitlines()[0]}",
