@@ -99,6 +99,8 @@ def test_a_closed_pipe_ends_check_list_checks_and_reference_quietly(tmp_path: Pa
     code, err = _closed_pipe("reference", "--limit-batches", "2", "--data", str(tmp_path),
                              cwd=tmp_path)
     assert code in (0, 141) and "Traceback" not in err and "BrokenPipe" not in err, err
+    code, err = _closed_pipe("profile", "train.py", "--steps", "3", cwd=tmp_path)
+    assert code in (0, 141) and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_a_script_waiting_for_input_gets_eof_and_the_report_says_so(tmp_path: Path) -> None:
