@@ -228,3 +228,20 @@ def test_cuda_on_a_cpu_machine_gets_the_portable_idiom(tmp_path: Path) -> None:
     result = run_cli("check", "idiom.py", "--format", "json", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not [f for f in json.loads(result.stdout)["findings"] if f["check"] == "target"]
+
+
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_list_checks_fits_the_terminal(columns: int) -> None:
+    env = {**os.environ, "COLUMNS": str(columns)}
+    out = subprocess.run([sys.executable, "-m", "torchdoctor", "list-checks"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert max(len(line) for line in out.splitlines()) <= columns
+    assert "overfit-one-batch" in out
+
+
+def test_an_unreadable_stdin_file_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(TRAINS)
+    result = run_cli("check", "train.py", "--stdin", "nope.txt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--stdin nope.txt: cannot be read" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -81,6 +81,17 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "tab
     return tabulate(rows, headers=list(headers), tablefmt=style, disable_numparse=True)
 
 
+def fitted_table(rows: Sequence[Sequence[str]], headers: Sequence[str],
+                 width: int | None = None) -> str:
+    """A plain table whose last column is wrapped so the table fits ``width`` columns
+    (default: the terminal's); the other columns keep their width."""
+    width = width or terminal_width()
+    fixed = sum(max([len(h) + 2, *(len(r[i]) for r in rows)])
+                for i, h in enumerate(headers[:-1])) + _GAP * (len(headers) - 1)
+    room = max(width - fixed, 20)
+    return table([[*r[:-1], _fill(r[-1], room, breaking=True)] for r in rows], headers)
+
+
 def render(reports: Sequence[Report], fmt: str = "table", *,
            failures: Sequence[TargetFailure] = (), width: int | None = None,
            color: bool = False, rules: dict[str, str] | None = None) -> str:

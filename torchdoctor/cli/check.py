@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Outcome:
+class Gathered:
     """What the command gathered: reports, bad targets, --verbose text for stderr."""
 
     reports: list[Report] = field(default_factory=list)
@@ -56,7 +56,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     one)."""
     from torchdoctor.report import TargetFailure
 
-    outcome = Outcome()
+    outcome = Gathered()
     good = []
     for target in args.targets:
         problem = target_problem(target)
@@ -72,7 +72,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return int(max((r.exit_code for r in outcome.reports), default=ExitCode.OK))
 
 
-def _diagnose_all(targets: list[str], args: argparse.Namespace, outcome: Outcome) -> None:
+def _diagnose_all(targets: list[str], args: argparse.Namespace, outcome: Gathered) -> None:
     from torchdoctor.cli.progress import Progress
     from torchdoctor.engine.runoptions import check_options
 
@@ -80,13 +80,16 @@ def _diagnose_all(targets: list[str], args: argparse.Namespace, outcome: Outcome
                             verbose=args.verbose)
     if args.data_root:
         os.environ["TORCHDOCTOR_DATA"] = args.data_root  # so the user's script finds it too
+    from torchdoctor.cli.stdin import stdin_content
+
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
+    given = stdin_content(args.stdin)  # read once: every target gets the same
     for target in targets:
-        _check_one(target, options, args, progress, outcome)
+        _check_one(target, options, args, progress, outcome, given)
 
 
 def _check_one(target: str, options: CheckOptions, args: argparse.Namespace,
-               progress: Progress, outcome: Outcome) -> None:
+               progress: Progress, outcome: Gathered, given: str) -> None:
     """Diagnose one target into ``outcome``: its report, or its failure."""
     from torchdoctor.cli.stdin import script_stdin
     from torchdoctor.engine.runner import Diagnosis
@@ -94,7 +97,7 @@ def _check_one(target: str, options: CheckOptions, args: argparse.Namespace,
     from torchdoctor.report import TargetFailure
 
     diagnosis = Diagnosis(target, options, select=args.select, ignore=args.ignore)
-    with script_stdin(args.stdin) as stdin, diagnosis:
+    with script_stdin(given, args.stdin) as stdin, diagnosis:
         try:
             progress.start(target, diagnosis.check_ids)
             diagnosis.context()
@@ -147,13 +150,11 @@ def _script_details(target: str, diagnosis: Diagnosis) -> list[str]:
 
 
 def _crash_details(report: Report) -> list[str]:
-    from torchdoctor.findings import Outcome as CheckOutcome
-
     return [f"--- {report.target}: {c.id} crashed (a torchdoctor bug) ---\n{c.detail.rstrip()}"
-            for c in report.checks if c.outcome is CheckOutcome.CRASHED]
+            for c in report.crashed]
 
 
-def _emit(outcome: Outcome, args: argparse.Namespace) -> None:
+def _emit(outcome: Gathered, args: argparse.Namespace) -> None:
     from torchdoctor.report import render, terminal_width
 
     to_file = bool(args.output)
@@ -172,7 +173,7 @@ def _emit(outcome: Outcome, args: argparse.Namespace) -> None:
         write(text)
 
 
-def _explain_failures_on_stderr(outcome: Outcome, args: argparse.Namespace) -> None:
+def _explain_failures_on_stderr(outcome: Gathered, args: argparse.Namespace) -> None:
     """In the human formats a bad target is a message on stderr (stdout keeps reports)."""
     for failure in outcome.failures:
         print(f"torchdoctor: {failure.target}: {failure.message}", file=sys.stderr)

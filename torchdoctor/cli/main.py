@@ -122,12 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_list_checks(args: argparse.Namespace) -> int:
     """``torchdoctor list-checks``: ids and summaries, without importing torch."""
     from torchdoctor.plugins import collect_checks, make_plugin_manager
-    from torchdoctor.report import table
+    from torchdoctor.report import fitted_table
 
     load = make_plugin_manager()
     classes, problems = collect_checks(load.manager)
     rows = [[cls.id, ", ".join(sorted(cls.modes)), cls.summary] for cls in classes]
-    write(table(rows, ["id", "modes", "what it finds"]))
+    write(fitted_table(rows, ["id", "modes", "what it finds"]))
     for problem in load.problems + problems:
         print(f"warning: {problem}", file=sys.stderr)
     return int(ExitCode.OK)
@@ -148,7 +148,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from torchdoctor.cli.stdin import script_stdin
     from torchdoctor.profiling import run_profile_cli
 
-    with script_stdin(None):  # a profiled script does not read the terminal either
+    with script_stdin():  # a profiled script does not read the terminal either
         return run_profile_cli(args.target, steps=args.max_steps, data=args.data_root,
                                device=args.device, seed=args.seed, fmt=args.format,
                                trace=args.trace, quiet=args.quiet, timeout=args.timeout,

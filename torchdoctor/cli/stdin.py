@@ -80,7 +80,9 @@ class ScriptStdin(io.StringIO):
         return f"add the missing answers to {self.source}"
 
 
-def _content(source: str | None) -> str:
+def stdin_content(source: str | None) -> str:
+    """What ``--stdin SOURCE`` gives: a file's text, torchdoctor's own stdin for ``-``,
+    nothing for None. A file that cannot be read is a UsageError."""
     if source is None:
         return ""
     if source == "-":
@@ -92,10 +94,11 @@ def _content(source: str | None) -> str:
 
 
 @contextlib.contextmanager
-def script_stdin(source: str | None) -> Iterator[ScriptStdin]:
-    """``sys.stdin`` (and the builtin ``input()``, which reads it when stdin is not a
-    terminal) replaced for the run; restored afterwards."""
-    stream = ScriptStdin(_content(source), source)
+def script_stdin(content: str = "", source: str | None = None) -> Iterator[ScriptStdin]:
+    """``sys.stdin`` (and so the builtin ``input()``, which reads it when stdin is not a
+    terminal) replaced by ``content`` for the run; restored afterwards. ``source``: the
+    --stdin it came from, for the report."""
+    stream = ScriptStdin(content, source)
     saved = sys.stdin
     sys.stdin = stream
     try:
