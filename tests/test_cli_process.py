@@ -245,3 +245,13 @@ def test_an_unreadable_stdin_file_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--stdin nope.txt: cannot be read" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_uncaught_eof_after_training_is_the_input_warning_not_an_error(
+        tmp_path: Path) -> None:
+    (tmp_path / "late.py").write_text(TRAINS + "input('save? ')\n")
+    result = run_cli("check", "late.py", "--select", "missing-zero-grad", "--format", "json",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    findings = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "target"]
+    assert [(f["severity"], f["location"]) for f in findings] == [("warning", "late.py:12")]

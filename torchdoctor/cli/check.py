@@ -74,14 +74,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _diagnose_all(targets: list[str], args: argparse.Namespace, outcome: Gathered) -> None:
     from torchdoctor.cli.progress import Progress
+    from torchdoctor.cli.stdin import stdin_content
     from torchdoctor.engine.runoptions import check_options
 
     options = check_options(vars(args), device=_checked_device(args.device),
                             verbose=args.verbose)
     if args.data_root:
         os.environ["TORCHDOCTOR_DATA"] = args.data_root  # so the user's script finds it too
-    from torchdoctor.cli.stdin import stdin_content
-
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
     given = stdin_content(args.stdin)  # read once: every target gets the same
     for target in targets:
@@ -113,10 +112,23 @@ def _check_one(target: str, options: CheckOptions, args: argparse.Namespace,
             if args.verbose:
                 outcome.verbose.extend(_script_details(target, diagnosis))
     if stdin.ran_dry:
+        _replace_eof_crash(report, diagnosis)
         report.run_findings.append(_stdin_finding(stdin, target))
     outcome.reports.append(report)
     if args.verbose:
         outcome.verbose.extend(_crash_details(report))
+
+
+def _replace_eof_crash(report: Report, diagnosis: Diagnosis) -> None:
+    """The EOFError a script died of is our doing (its stdin is empty): the run's
+    'the script raised' finding gives way to the input warning."""
+    script = diagnosis.script_result
+    error = script.run.error if script is not None else None
+    if error is None or error.type_name != "EOFError":
+        return
+    where = str(error.location or script.run.path)
+    report.run_findings[:] = [f for f in report.run_findings if not (
+        f.check == TARGET_CHECK_ID and f.severity is Severity.ERROR and f.location == where)]
 
 
 def _failure_message(exc: Exception, stdin: ScriptStdin) -> str:
@@ -137,7 +149,7 @@ def _stdin_finding(stdin: ScriptStdin, target: str) -> Finding:
 def _script_details(target: str, diagnosis: Diagnosis) -> list[str]:
     """--verbose: what the script printed, and its traceback with only the user's
     frames (torchdoctor's and torch's own are left out)."""
-    script = getattr(diagnosis, "script_result", None)
+    script = diagnosis.script_result
     if script is None:
         return []
     parts = [f"--- {target}: the script's output (stdout and stderr, last "
