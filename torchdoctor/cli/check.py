@@ -245,7 +245,8 @@ def register(commands: Any, epilog: str) -> None:
     check.add_argument("--verbose", "-v", action="store_true",
                        help="on stderr: the script's own output, its traceback (your "
                        "frames), crashed checks in full")
-    check.add_argument("--quiet", "-q", action="store_true", help="no progress, no notices")
+    check.add_argument("--quiet", "-q", action="store_true",
+                       help="no progress line, no 'report written' line")
     add_run_options(check)
 
 

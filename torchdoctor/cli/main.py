@@ -16,10 +16,15 @@ from torchdoctor.cli.output import silence_stdout, write
 from torchdoctor.errors import UsageError
 from torchdoctor.findings import ExitCode
 
+PROFILE_EPILOG = """exit codes: 0 profiled; 1 the script crashed, timed out or exited with an
+error (the part that ran is shown); 2 a bad target or option; 130 interrupted (Ctrl-C).
+A closed pipe (| head) ends the output quietly."""
+
 #: exit code after Ctrl-C (128 + SIGINT, as shells report it)
 INTERRUPTED = 130
-#: exit code when stdout was closed before everything was written (128 + SIGPIPE);
-#: ``check`` keeps its report's exit code, the report being complete by then
+#: exit code when stdout was closed before everything was written (128 + SIGPIPE), for
+#: ``reference``; ``check``, ``profile`` and ``list-checks`` write their output last, in
+#: one piece, and keep their own exit code
 PIPE_CLOSED = 141
 
 EPILOG = """exit codes: 0 no error finding; 1 an error finding; 2 a bad target or usage;
@@ -79,20 +84,22 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:
     from torchdoctor.report import FORMATS
 
     prof = commands.add_parser("profile", help="where the time of a training loop goes",
-                               epilog=EPILOG,
+                               epilog=PROFILE_EPILOG,
                                description="Profile a few steps of TARGET (a training script) "
                                "or of the reference trainer (no TARGET): data loading vs "
                                "forward/backward/step, top operators, peak memory, advice.")
     prof.add_argument("target", nargs="?", metavar="TARGET")
     prof.add_argument("--format", choices=FORMATS, default="table")
     prof.add_argument("--trace", metavar="FILE", help="also write a Chrome trace")
-    prof.add_argument("--num-workers", type=int, default=0,
+    prof.add_argument("--num-workers", type=int, default=0, metavar="N",
                       help="DataLoader workers of the reference trainer (default 0)")
     prof.add_argument("--quiet", "-q", action="store_true", help="no progress line")
-    add_run_options(prof, overrides={"max_steps": {
-        "flags": ("--steps", "--max-steps"),
-        "help": "training steps (optimizer steps) to profile; the run stops after them "
-                "(default 20)"}})
+    add_run_options(prof, overrides={
+        "max_steps": {"flags": ("--steps", "--max-steps"),
+                      "help": "training steps (optimizer steps) to profile; the run stops "
+                              "after them (default 20)"},
+        "device": {"help": "device profiled: cpu, cuda, cuda:1 (default cpu)"},
+        "seed": {"help": "seed of the run (default 0)"}})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
