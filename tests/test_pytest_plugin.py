@@ -336,7 +336,8 @@ def test_target_item_reports_an_unexplained_crash_of_the_script(
                  "missing-zero-grad", "-v")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["crashing.py::torchdoctor::target FAILED*",
-                                 "*error*target*the script raised KeyError*"])
+                                 "crashing.py:*: error [[]target[]]",
+                                 "*the script raised KeyError*"])
 
 
 # ---------------------------------------------------------------- fixtures
