@@ -2,7 +2,9 @@
 captured with ``capture-pane`` and compared with the captures kept in tests/terminal/.
 
 Run times vary, so durations are masked (``0.00s``) before comparing; the findings,
-the point of the look, are compared line for line.
+the point of the look, are compared line for line. After an intended change of the
+nan-loss wording or of the layout, look at the new captures and keep them:
+``TORCHDOCTOR_UPDATE_CAPTURES=1 pytest tests/test_terminal_look.py``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from torchdoctor.cli import check
 from torchdoctor.cli.output import silence_stdout, write
+from torchdoctor.engine.runoptions import argparse_type, positive_float, positive_int
 from torchdoctor.errors import UsageError
 from torchdoctor.findings import ExitCode
 
@@ -30,20 +31,6 @@ PIPE_CLOSED = 141
 EPILOG = """exit codes: 0 no error finding; 1 an error finding; 2 a bad target or usage;
 3 the doctor itself failed (a check crashed and nothing else was wrong);
 130 interrupted (Ctrl-C). A closed pipe (| head) ends the output quietly."""
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {number}")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,13 +54,14 @@ def _add_reference(commands: argparse._SubParsersAction) -> None:
     ref = commands.add_parser("reference", help="train the bundled FashionMNIST reference",
                               description="Train the reference FashionMNIST classifier with "
                               "its healthy protocol and print a per-epoch table.")
-    ref.add_argument("--epochs", type=_positive_int, default=1)
+    ref.add_argument("--epochs", type=argparse_type(positive_int, "N"), default=1)
     ref.add_argument("--data", metavar="DIR")
-    ref.add_argument("--batch-size", type=_positive_int, default=64)
-    ref.add_argument("--lr", type=_positive_float, default=1e-3)
+    ref.add_argument("--batch-size", type=argparse_type(positive_int, "N"), default=64)
+    ref.add_argument("--lr", type=argparse_type(positive_float, "number"), default=1e-3)
     ref.add_argument("--seed", type=int, default=0)
     ref.add_argument("--device", default="cpu")
-    ref.add_argument("--limit-batches", type=_positive_int, default=None, metavar="N")
+    ref.add_argument("--limit-batches", type=argparse_type(positive_int, "N"), default=None,
+                     metavar="N")
     ref.add_argument("--checkpoint", metavar="FILE", help="save the state_dict here")
     ref.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     ref.add_argument("--quiet", "-q", action="store_true")

@@ -145,15 +145,17 @@ def run_option(field: str) -> RunOption:
     return next(o for o in RUN_OPTIONS if o.field == field)
 
 
-def _argparse_type(option: RunOption) -> Callable[[str], Any]:
-    def parse(raw: str) -> Any:
+def argparse_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """``parse`` as an argparse ``type``: its ValueError becomes argparse's message
+    (``argument --max-steps: must be at least 1, got 0``)."""
+    def parse_for_argparse(raw: str) -> Any:
         try:
-            return option.parse(raw)
+            return parse(raw)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(_reason(exc, option.parse)) from None
+            raise argparse.ArgumentTypeError(_reason(exc, parse)) from None
 
-    parse.__name__ = option.name  # argparse names the type in its messages
-    return parse
+    parse_for_argparse.__name__ = name  # argparse names the type in its messages
+    return parse_for_argparse
 
 
 def add_run_options(parser: argparse.ArgumentParser, *,
@@ -168,7 +170,8 @@ def add_run_options(parser: argparse.ArgumentParser, *,
             continue
         extra = dict((overrides or {}).get(option.field, {}))
         flags = extra.pop("flags", (option.flag,))
-        parser.add_argument(*flags, dest=option.field, type=_argparse_type(option),
+        parser.add_argument(*flags, dest=option.field,
+                            type=argparse_type(option.parse, option.name),
                             default=extra.pop("default", option.default),
                             metavar=option.metavar,
                             help=extra.pop("help", option.help_with_default()), **extra)
@@ -180,4 +183,5 @@ def check_options(values: Mapping[str, Any], **extra: Any) -> CheckOptions:
     return CheckOptions(**{**given, **extra})
 
 
-__all__ = ["RUN_OPTIONS", "RunOption", "add_run_options", "check_options", "run_option"]
+__all__ = ["RUN_OPTIONS", "RunOption", "add_run_options", "argparse_type", "check_options",
+           "positive_float", "positive_int", "run_option"]
