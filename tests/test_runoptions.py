@@ -55,6 +55,7 @@ def test_parsed_values_become_check_options() -> None:
     assert options.max_steps == CheckOptions().max_steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("field", "raw", "reason"), [
     ("max_steps", "0", "must be at least 1"),
     ("timeout", "-1", "must be positive"),
@@ -73,6 +74,7 @@ def test_the_cli_and_the_plugin_refuse_a_value_with_the_same_reason(
     result.stderr.fnmatch_lines([f"*{option.pytest_flag} '{raw}': {reason}*"])
 
 
+@pytest.mark.slow
 def test_the_plugin_lists_every_run_option_and_ini_setting(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--help")
     for option in RUN_OPTIONS:
