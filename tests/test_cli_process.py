@@ -81,12 +81,12 @@ def test_machine_formats_answer_a_bad_target_on_stdout(tmp_path: Path, fmt: str)
 def _closed_pipe(*args: str, cwd: Path) -> tuple[int, str]:
     """Run the command with its stdout closed at once (as ``| head -0`` would)."""
     env = {**os.environ, "TORCHDOCTOR_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "torchdoctor", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()
-    err = proc.stderr.read()
-    return proc.wait(timeout=300), err
+    with subprocess.Popen([sys.executable, "-m", "torchdoctor", *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read()
+        return proc.wait(timeout=300), err
 
 
 def test_a_closed_pipe_ends_check_list_checks_and_reference_quietly(tmp_path: Path) -> None:
