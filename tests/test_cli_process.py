@@ -107,11 +107,13 @@ def test_a_script_waiting_for_input_gets_eof_and_the_report_says_so(tmp_path: Pa
     (tmp_path / "asks.py").write_text("name = input('run name? ')\n" + TRAINS)
     started = time.perf_counter()
     # stdin=None: the child inherits pytest's; it must not be read either way
-    result = run_cli("check", "asks.py", "--timeout", "60", cwd=tmp_path)
+    result = run_cli("check", "asks.py", "--timeout", "60", "--format", "json",
+                     cwd=tmp_path)
     assert time.perf_counter() - started < 55  # not the whole --timeout
-    assert result.returncode == 2
-    assert "the script asked for input at asks.py:1" in result.stderr
-    assert "--stdin FILE" in result.stderr
+    assert result.returncode == 0, result.stdout  # the script is not wrong: a warning
+    findings = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "target"]
+    assert [(f["severity"], f["location"]) for f in findings] == [("warning", "asks.py:1")]
+    assert "asked for input" in findings[0]["message"] and "--stdin FILE" in findings[0]["hint"]
     (tmp_path / "answers.txt").write_text("first\n")
     result = run_cli("check", "asks.py", "--stdin", "answers.txt", "--select",
                      "missing-zero-grad", "--format", "json", cwd=tmp_path)
@@ -214,10 +216,12 @@ CUDA_IDIOM = TRAINS.replace("model = nn.Linear(4, 2)", "device = 'cuda' if torch
                     "without CUDA")
 def test_cuda_on_a_cpu_machine_gets_the_portable_idiom(tmp_path: Path) -> None:
     (tmp_path / "start.py").write_text(CUDA_AT_START)
-    result = run_cli("check", "start.py", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "the script asks for CUDA at start.py:4 but this machine has none" in result.stderr
-    assert 'device = "cuda" if torch.cuda.is_available() else "cpu"' in result.stderr
+    result = run_cli("check", "start.py", "--format", "json", cwd=tmp_path)
+    assert result.returncode == 1
+    finding = next(f for f in json.loads(result.stdout)["findings"] if f["check"] == "target")
+    assert finding["location"] == "start.py:4"
+    assert "the script asks for CUDA but this machine has none" in finding["message"]
+    assert 'device = "cuda" if torch.cuda.is_available() else "cpu"' in finding["hint"]
     (tmp_path / "later.py").write_text(CUDA_LATER)
     result = run_cli("check", "later.py", "--select", "missing-zero-grad", "--format", "json",
                      cwd=tmp_path)

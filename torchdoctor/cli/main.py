@@ -87,7 +87,9 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:
                       "help": "training steps (optimizer steps) to profile; the run stops "
                               "after them (default 20)"},
         "device": {"help": "device profiled: cpu, cuda, cuda:1 (default cpu)"},
-        "seed": {"help": "seed of the run (default 0)"}})
+        "seed": {"help": "seed of the run (default 0)"}},
+        # op-by-op tracing would be profiled too: profile runs the script without it
+        leave_out=frozenset({"trace_steps"}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
