@@ -65,7 +65,7 @@ def eval_nondeterminism(ctx: CheckContext, candidate: ModelCandidate) -> EvalRan
 
     model = ctx.fresh_model(candidate)
     set_training(model, False)
-    inputs, _ = ctx.training_setup().batch(ctx.options.device)
+    inputs, _ = ctx.training_setup(candidate).batch(ctx.options.device)
     device = torch.device(ctx.options.device)
     cuda = [device.index or 0] if device.type == "cuda" else []
     from torchdoctor.diagnoses.sampling import RandomCalls

@@ -129,7 +129,7 @@ def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Exam
     run through it (shape-mismatch and device-mismatch say why)."""
     from torchdoctor.tensors import first_tensor
 
-    setup = ctx.training_setup()
+    setup = ctx.training_setup(candidate)
     model = ctx.fresh_model(candidate)
     batch = setup.batch(ctx.options.device)
     loss_fn = setup.make_loss()

@@ -60,7 +60,7 @@ class DeviceMismatchCheck(Check):
         model = ctx.fresh_model(candidate)
         try:
             model.to("meta")
-            inputs, _ = ctx.training_setup().batch("meta")
+            inputs, _ = ctx.training_setup(candidate).batch("meta")
         except Exception:  # a model or batch that cannot live on meta: static look only
             return self._strays(candidate, find_strays(model), None)
         strays = find_strays(model)

@@ -31,7 +31,7 @@ from torchdoctor.findings import Finding, Severity
 from torchdoctor.scriptrun.observations import TensorSummary
 
 if TYPE_CHECKING:
-    from torchdoctor.engine.context import CheckContext, ModelCandidate
+    from torchdoctor.engine.context import CheckContext, ModelCandidate, TrainingSetup
     from torchdoctor.scriptrun.observations import ErrorRecord, LossRecord, ScriptRun
 
 
@@ -85,7 +85,7 @@ class LossFunctionCheck(Check):
         if seen is None:
             return []
         findings = []
-        for found in _model_problems(ctx, seen):
+        for found in _model_problems(ctx.training_setup(candidate), seen):
             problem = _confirm(found, (True, seen.final)) \
                 if found.kind == NEEDS_STRUCTURE else found
             if problem is None or problem.kind in kinds:
@@ -112,7 +112,7 @@ def _crash_kinds(run: ScriptRun) -> set[str]:
 
 def _script_knows_loss(ctx: CheckContext) -> bool:
     """With the reference loss, a script that ran its own loss already told us."""
-    assumed = ctx.setup is None or ctx.setup.source.get("loss", "reference") == "reference"
+    assumed = ctx.setup is None or not ctx.setup.user_gave("loss")
     return assumed and ctx.run is not None and bool(ctx.run.losses)
 
 
@@ -182,11 +182,12 @@ def _model_output(ctx: CheckContext, candidate: ModelCandidate) -> _ModelOutput 
     import torch
 
     from torchdoctor.diagnoses.final_layer import final_activation_after
+    from torchdoctor.synth import main_output
     from torchdoctor.tensors import summarize
     from torchdoctor.validators import loss_name_of
 
     probe = ctx.forward_probe(candidate)
-    output = probe.output
+    output = main_output(probe.output)  # the logits of a tuple, dict or dataclass output
     if not probe.ran or not isinstance(output, torch.Tensor) or \
             not output.is_floating_point():
         return None  # the batch does not fit: shape-mismatch says why
@@ -194,15 +195,17 @@ def _model_output(ctx: CheckContext, candidate: ModelCandidate) -> _ModelOutput 
     targets = probe.targets
     target = summarize(targets) if isinstance(targets, torch.Tensor) else None
     where = last.location if last is not None else f"{candidate.name}: output"
-    return _ModelOutput(loss_name_of(ctx.training_setup().make_loss()), summarize(output),
+    return _ModelOutput(loss_name_of(ctx.training_setup(candidate).make_loss()),
+                        summarize(output),
                         target, where, last)
 
 
-def _model_problems(ctx: CheckContext, seen: _ModelOutput) -> list[LossInputProblem]:
+def _model_problems(setup: TrainingSetup, seen: _ModelOutput) -> list[LossInputProblem]:
     """The loss-input problems of a model's output. With the reference loss (assumed:
-    the user may really train with NLLLoss, MSELoss...) only probabilities are judged,
+    the user may really train with NLLLoss, MSELoss...) or a synthetic one, only
+    probabilities are judged,
     as no classification loss wants softmax output, and the message says so."""
-    if ctx.training_setup().source.get("loss", "reference") != "reference":
+    if setup.user_gave("loss"):
         return classification_problems(seen.loss, seen.prediction, seen.target)
     if not seen.prediction.rows_sum_to_one:
         return []

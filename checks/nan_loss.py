@@ -76,7 +76,7 @@ class NanLossCheck(Check):
 def _probe(ctx: CheckContext, candidate: ModelCandidate) -> Evidence | None:
     from torchdoctor.diagnoses.nonfinite_replay import train_until_nonfinite
 
-    return train_until_nonfinite(ctx.fresh_model(candidate), ctx.training_setup(),
+    return train_until_nonfinite(ctx.fresh_model(candidate), ctx.training_setup(candidate),
                                  ctx.options.device)
 
 

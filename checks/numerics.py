@@ -43,7 +43,7 @@ class NumericsCheck(Check):
         """One traced forward and loss of a copy, on the training setup's batch."""
         from torchdoctor.hooks.optrace import trace_loss
 
-        setup = ctx.training_setup()
+        setup = ctx.training_setup(candidate)
         model = ctx.fresh_model(candidate)
         inputs, targets = setup.batch(ctx.options.device)
         try:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 #: the most seconds spent training one model (a slow model is reported, not judged)
 BUDGET_SECONDS = 15.0
 _NAMES_SHOWN = 4
+#: on a synthetic task, a best loss below this share of the first one is partial success
+_PARTLY = 0.5
 #: a learning rate below this cannot fit a batch in a few hundred steps
 _TINY_LR = 1e-5
 
@@ -44,7 +46,9 @@ class OverfitOneBatchCheck(Check):
         found = examine(ctx, candidate, min(BUDGET_SECONDS, ctx.options.timeout / 4))
         if found is None:
             raise SkipCheck("the batch does not run through the model (see shape-mismatch)")
-        return _Verdict(self, candidate.name, found).findings()
+        verdict = _Verdict(self, candidate.name, found)
+        verdict.synthetic = ctx.training_setup(candidate).source.get("batch") == "synthetic"
+        return verdict.findings()
 
 
 class _Verdict:
@@ -58,6 +62,8 @@ class _Verdict:
         self.fitted = found.fit is not None and found.fit.converged
         self.outcome = "" if found.fit is None else found.fit.describe(found.batch_size)
         self.error = found.error
+        #: trained on a synthetic task (torchdoctor's guess, not the user's data)
+        self.synthetic = False
 
     def findings(self) -> list[Finding]:
         """Structural faults first; the reasons for not fitting when it did not."""
@@ -155,6 +161,13 @@ class _Verdict:
                 f"{self.name} fits one batch only slowly ({self.outcome}, still falling) with "
                 f"{a.optimizer} lr {a.lr:g}", location=f"{self.name}: {a.optimizer}",
                 hint="raise the learning rate, or use Adam 1e-3 (SGD: add momentum=0.9)")
+        if self.synthetic and fit.best < _PARTLY * fit.initial:
+            # a guessed task half fitted, with no structural cause: not proof of a bug
+            return self.check.warning(
+                f"{self.name} fits one synthetic batch only partly ({self.outcome}) with "
+                f"{a.optimizer} lr {a.lr:g}", location=f"{self.name}: <model>",
+                hint="define torchdoctor_batch() and torchdoctor_loss() to judge it on "
+                "real data; a higher learning rate or less dropout may fit it")
         return self.check.error(
             f"{self.name} cannot fit one batch: {self.outcome}, stuck at "
             f"{fit.losses[-1]:.3g}", location=f"{self.name}: <model>",

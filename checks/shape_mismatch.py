@@ -86,17 +86,18 @@ class ShapeMismatchCheck(Check):
         loss on its output."""
         import torch
 
-        if not _model_mode_applies(ctx, "batch"):
+        setup = ctx.training_setup(candidate)
+        if not _model_mode_applies(ctx, setup, "batch"):
             return []
         # what script mode already said, so a model copy does not say it twice
         earlier = ctx.crash_explanations + (self._loss_broadcasts(ctx.run) if ctx.run else [])
         probe = ctx.forward_probe(candidate)
         if probe.error is not None:
             return self._forward_failure(ctx, candidate, probe.error, probe.failed_at, earlier)
-        if not _model_mode_applies(ctx, "loss"):
+        if not _model_mode_applies(ctx, setup, "loss"):
             return []
         with torch.no_grad():
-            return self._loss_fit(candidate, ctx.training_setup(), probe.output,
+            return self._loss_fit(candidate, setup, probe.output,
                                   probe.targets, earlier)
 
     def _forward_failure(self, ctx: CheckContext, candidate: ModelCandidate,
@@ -110,8 +111,11 @@ class ShapeMismatchCheck(Check):
         raised_at = _user_line(exc)
         if raised_at:
             message += f" (raised at {raised_at})"
-        if not _own(ctx.training_setup(), "batch"):
-            message += " with the reference FashionMNIST batch"
+        setup = ctx.training_setup(candidate)
+        if not setup.user_gave("batch"):
+            reference = setup.source.get("batch", "reference") == "reference"
+            message += (" with the reference FashionMNIST batch" if reference
+                        else f" with the batch model mode inferred: {setup.data}")
             hint += _BATCH_HOOK_HINT
         return [self.error(message, location=f"{candidate.name}: {where}", hint=hint)]
 
@@ -142,18 +146,12 @@ class ShapeMismatchCheck(Check):
         return [self.error(message, location=location, hint=hint)]
 
 
-def _own(setup: TrainingSetup, what: str) -> bool:
-    """Whether the user gave the setup's ``batch``/``loss`` (a hook, an argument)."""
-    return setup.source.get(what, "reference") != "reference"
-
-
-def _model_mode_applies(ctx: CheckContext, what: str) -> bool:
+def _model_mode_applies(ctx: CheckContext, setup: TrainingSetup, what: str) -> bool:
     """Model mode uses the reference batch and loss unless the user gives their own. When
     the script ran the model (``batch``) or the loss (``loss``) on its own data, that is
     the better evidence, and a reference batch the model was never meant for proves
     nothing."""
-    setup = ctx.training_setup()
-    if _own(setup, "batch") or _own(setup, what):
+    if setup.user_gave("batch") or setup.user_gave(what):
         return True
     if ctx.run is None:
         return True

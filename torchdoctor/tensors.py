@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +35,8 @@ def to_device(value: Any, device: str | torch.device) -> Any:
     """Move a tensor, or the tensors inside lists/tuples/dicts, to ``device``."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(to_device(v, device) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(to_device(v, device) for v in value)
     if isinstance(value, dict):
@@ -51,6 +54,9 @@ def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
     elif isinstance(value, dict):
         for item in value.values():
             yield from iter_tensors(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for item in dataclasses.fields(value):  # a model's dataclass output (.logits)
+            yield from iter_tensors(getattr(value, item.name))
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:

@@ -58,6 +58,11 @@ class ModelCandidate:
     name: str
     origin: str
     build: Callable[[], nn.Module]
+    #: this model's own training setup (a synthetic batch and loss inferred from it, see
+    #: :mod:`torchdoctor.synth`); None: the context's setup
+    setup: TrainingSetup | None = None
+    #: the parameter count, when known without building a copy
+    parameters: int | None = None
 
     @classmethod
     def from_instance(cls, name: str, origin: str, model: nn.Module) -> ModelCandidate:
@@ -66,7 +71,8 @@ class ModelCandidate:
         from torchdoctor.tensors import deepcopy_module
 
         snapshot = deepcopy_module(model)
-        return cls(name, origin, lambda: deepcopy_module(snapshot))
+        return cls(name, origin, lambda: deepcopy_module(snapshot),
+                   parameters=sum(p.numel() for p in model.parameters()))
 
 
 @dataclass
@@ -82,6 +88,11 @@ class TrainingSetup:
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
     data: str = "synthetic"
     source: dict[str, str] = field(default_factory=dict)
+
+    def user_gave(self, what: str) -> bool:
+        """Whether the user gave the ``batch``/``loss``/``optimizer`` (a hook, an
+        argument), rather than torchdoctor choosing it (reference or synthetic)."""
+        return self.source.get(what, "reference") not in ("reference", "synthetic")
 
     def batch(self, device: str | torch.device) -> tuple[Any, Any]:
         """A fresh (inputs, targets) batch moved to ``device``."""
@@ -105,6 +116,8 @@ class CheckContext:
     crash_explanations: list[Finding] = field(default_factory=list)
     #: forward probes by candidate (see :meth:`forward_probe`)
     _probes: dict[int, ForwardProbe] = field(default_factory=dict, repr=False, compare=False)
+    #: why models found are not in ``models`` (no input could be inferred, too large)
+    model_skip: str = ""
 
     @property
     def modes(self) -> frozenset[str]:
@@ -137,8 +150,11 @@ class CheckContext:
             self._probes[key] = run_probe(self, candidate)
         return self._probes[key]
 
-    def training_setup(self) -> TrainingSetup:
-        """The setup, or an error if the context has none (script-only contexts)."""
+    def training_setup(self, candidate: ModelCandidate | None = None) -> TrainingSetup:
+        """The setup to train ``candidate`` with (its own, else the context's), or an
+        error if the context has none (script-only contexts)."""
+        if candidate is not None and candidate.setup is not None:
+            return candidate.setup
         if self.setup is None:
             raise RuntimeError("this context has no training setup (no model mode)")
         return self.setup

@@ -60,7 +60,7 @@ def run_probe(ctx: CheckContext, candidate: ModelCandidate) -> ForwardProbe:
 
     with preserved_state(ctx.options.seed):
         model = ctx.fresh_model(candidate)
-        inputs, targets = ctx.training_setup().batch(ctx.options.device)
+        inputs, targets = ctx.training_setup(candidate).batch(ctx.options.device)
         probe = ForwardProbe(model, inputs, targets)
         tracer = ShapeTracer(model)
         with torch.no_grad():

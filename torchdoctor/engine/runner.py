@@ -57,15 +57,17 @@ def select_checks(classes: Sequence[type[Check]], select: Sequence[str] | None,
 def run_one_check(check: Check, ctx: CheckContext) -> CheckResult:
     """Run one check in isolation: state restored, exceptions become ``crashed``."""
     started = time.perf_counter()
-    if not (check.modes & ctx.modes) and ctx.run is not None and not ctx.models:
+    if not (check.modes & ctx.modes) and ctx.run is not None and not ctx.models \
+            and not ctx.model_skip:
         return CheckResult(check.id, Outcome.SKIPPED, 0.0, [],
                            "no nn.Module: the script trains tensors directly, and this "
                            "check trains copies of a model")
     if not (check.modes & ctx.modes):
         wanted = " or ".join(sorted(check.modes))
+        why = f": {ctx.model_skip}" if ctx.model_skip and "model" in check.modes else ""
         return CheckResult(check.id, Outcome.SKIPPED, 0.0, [],
                            f"needs {wanted} mode; this target offers "
-                           f"{' and '.join(sorted(ctx.modes)) or 'neither'}")
+                           f"{' and '.join(sorted(ctx.modes)) or 'neither'}{why}")
     try:
         with preserved_state(ctx.options.seed) as leaked:
             findings = list(check.run(ctx) or [])
@@ -181,8 +183,8 @@ class Diagnosis:
         models = self._hook_candidates() or script_candidates(
             result.snapshots, result.namespace, result.models, where) or \
             self._discover_or_none(result.namespace, where, run)
-        return CheckContext(self.target, self.options, self._setup(), run, models,
-                            explain_crash(self._manager, list(self._checks.values()), run))
+        return _context(self.target, self.options, self._setup(), run, models,
+                        explain_crash(self._manager, list(self._checks.values()), run))
 
     def _discover_or_none(self, namespace: dict[str, Any], where: str,
                           run: ScriptRun) -> list[ModelCandidate]:
@@ -201,7 +203,7 @@ class Diagnosis:
         where = parsed.module_name or str(parsed.path)
         models = self._hook_candidates() or [
             named_candidate(vars(module), parsed.object_name, where)]
-        return CheckContext(self.target, self.options, self._setup(), None, models)
+        return _context(self.target, self.options, self._setup(), None, models)
 
     def _hook_candidates(self) -> list[ModelCandidate]:
         hook = self._manager.hook.torchdoctor_model
@@ -237,6 +239,26 @@ def missing_package(run: ScriptRun) -> str | None:
         return None
     named = re.search(r"No module named '([^']+)'", error.message)
     return named.group(1) if named else error.message
+
+def _context(target: str, options: CheckOptions, setup: TrainingSetup,
+             run: ScriptRun | None, models: list[ModelCandidate],
+             crash_explanations: list[Finding] | None = None) -> CheckContext:
+    """The context, each model given its own setup (the user's batch, the reference or a
+    synthetic one: :func:`torchdoctor.synth.choose_setup`); models with none are left
+    out of model mode, and the reason kept to say why checks were skipped."""
+    from torchdoctor.synth import choose_setup
+
+    usable, reasons = [], []
+    for candidate in models:
+        choice = choose_setup(candidate, setup, options)
+        if choice.setup is None:
+            reasons.append(choice.reason)
+        else:
+            candidate.setup = choice.setup
+            usable.append(candidate)
+    return CheckContext(target, options, setup, run, usable,
+                        crash_explanations=crash_explanations or [],
+                        model_skip="; ".join(reasons))
 
 
 def _model_from_hook(hook: Any) -> Callable[[], Any]:
@@ -289,7 +311,13 @@ def _mode_name(ctx: CheckContext) -> str:
 
 
 def _data_name(ctx: CheckContext) -> str:
-    return ctx.setup.data if ctx.setup is not None and ctx.models else "none"
+    """What model mode trained on: one description, or one per model when they differ."""
+    if ctx.setup is None or not ctx.models:
+        return "none"
+    named = {c.name: ctx.training_setup(c).data for c in ctx.models}
+    if len(set(named.values())) == 1:
+        return next(iter(named.values()))
+    return "; ".join(f"{name}: {data}" for name, data in named.items())
 
 
 def _run_findings(run: ScriptRun | None, findings: list[Finding]) -> list[Finding]:
@@ -346,9 +374,10 @@ def diagnose_model(model: Any, *, batch: tuple[Any, Any] | None = None,
     if optimizer_factory is not None:
         setup.make_optimizer = optimizer_factory
         setup.source["optimizer"] = "optimizer_factory given"
-    ctx = CheckContext(name, options, setup, None, [candidate])
+    with preserved_state(options.seed):
+        ctx = _context(name, options, setup, None, [candidate])
     classes, problems = collect_checks(make_plugin_manager().manager)
     results = [run_one_check(cls(), ctx) for cls in select_checks(classes, select, ignore)]
-    return Report(target=name, mode="model", data=setup.data, device=options.device,
+    return Report(target=name, mode="model", data=_data_name(ctx), device=options.device,
                   seconds=time.perf_counter() - started, checks=results, notes=problems)
 
