@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from torchdoctor.errors import UserCodeError, user_code
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -136,7 +138,7 @@ def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Exam
     optimizer = setup.make_optimizer(model.parameters())
     try:
         anatomy = _anatomy(model, batch, loss_fn, optimizer, candidate.name)
-    except Exception:
+    except UserCodeError:  # the user's model or loss does not take the batch
         return None
     first = first_tensor(batch[0])
     size = int(first.shape[0]) if first is not None and first.dim() else None
@@ -176,7 +178,8 @@ def _anatomy(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any,
                       loss=canonical_loss_name(loss_name_of(loss_fn)),
                       loss_has_grad=bool(loss.requires_grad))
     if loss.requires_grad:
-        loss.backward()
+        with user_code():
+            loss.backward()
     _sort_parameters(model, ran, optimizer, anatomy)
     optimizer.zero_grad(set_to_none=True)
     if output.dim() >= 2 and anatomy.loss in CLASS_LOSSES:
@@ -189,6 +192,8 @@ def _anatomy(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any,
 def _probe(model: nn.Module, batch: tuple[Any, Any],
            loss_fn: Any) -> tuple[set[str], torch.Tensor, torch.Tensor]:
     """One forward pass noting which modules ran; the output and the loss."""
+    import torch
+
     from torchdoctor.reference.trainer import forward
     from torchdoctor.tensors import first_tensor
 
@@ -196,14 +201,19 @@ def _probe(model: nn.Module, batch: tuple[Any, Any],
     handles = [m.register_forward_hook(lambda mod, a, o, n=name: ran.add(n))
                for name, m in model.named_modules()]
     try:
-        output = forward(model, batch[0])
+        with user_code():
+            output = forward(model, batch[0])
     finally:
         for handle in handles:
             handle.remove()
     tensor = first_tensor(output)
     if tensor is None:
-        raise TypeError("the model returned no tensor")
-    return ran, tensor.detach(), loss_fn(output, batch[1])
+        raise UserCodeError(TypeError("the model returned no tensor"))
+    with user_code():
+        loss = loss_fn(output, batch[1])
+    if not isinstance(loss, torch.Tensor):
+        raise UserCodeError(TypeError(f"the loss returned {type(loss).__name__}, not a tensor"))
+    return ran, tensor.detach(), loss
 
 
 def _sort_parameters(model: nn.Module, ran: set[str], optimizer: torch.optim.Optimizer,

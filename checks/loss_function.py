@@ -27,6 +27,7 @@ from torchdoctor.diagnoses.loss_inputs import (
     crash_problem,
 )
 from torchdoctor.diagnoses.loss_rules import LossInputProblem
+from torchdoctor.errors import UserCodeError
 from torchdoctor.findings import Finding, Severity
 from torchdoctor.scriptrun.observations import TensorSummary
 
@@ -151,11 +152,11 @@ def _script_final_activation(ctx: CheckContext) -> tuple[bool, FinalActivation |
     from torchdoctor.tensors import set_training
 
     candidate = ctx.models[0]
+    inputs = _inputs_like(run.forwards[0].inputs, ctx.options.device)
+    model = set_training(ctx.fresh_model(candidate), False)
     try:
-        inputs = _inputs_like(run.forwards[0].inputs, ctx.options.device)
-        model = set_training(ctx.fresh_model(candidate), False)
         return True, final_activation(model, inputs, candidate.name)
-    except Exception:
+    except UserCodeError:  # the user's model does not run on inputs shaped like these
         return False, None
 
 

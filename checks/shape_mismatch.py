@@ -133,7 +133,7 @@ class ShapeMismatchCheck(Check):
             warnings.simplefilter("always")
             try:
                 loss_fn(output, targets)
-            except Exception as exc:
+            except Exception as exc:  # the user's loss raised: explaining it is the check
                 message, hint = _loss_failure(exc, output, targets)
                 return [self.error(message, location=location, hint=hint)] if message else []
         warned = any(target_size_shapes(str(w.message)) for w in caught)

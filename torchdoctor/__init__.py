@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from torchdoctor import _compat
+from torchdoctor._version import __version__
 from torchdoctor.check import Check, SkipCheck
 from torchdoctor.errors import (
     BatchError,
@@ -27,8 +28,6 @@ from torchdoctor.errors import (
 )
 from torchdoctor.findings import CheckResult, ExitCode, Finding, Outcome, Report, Severity
 from torchdoctor.hookspecs import hookimpl
-
-__version__ = "0.1.0"
 
 _compat.install()
 

@@ -103,7 +103,7 @@ class Check:
         check's ``crashed`` outcome, the others still answer."""
         try:
             return self.explain_crash(error, run)
-        except Exception:
+        except Exception:  # any check's, ours or a plugin's: re-raised in run(), crashed
             self._explain_failure = traceback.format_exc()
             return None
 

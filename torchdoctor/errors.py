@@ -8,6 +8,9 @@ show the same table the CLI shows.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from torchdoctor.findings import Finding
 
 
@@ -75,3 +78,32 @@ class NumericsError(DiagnosisError):
 
 class LossInputError(DiagnosisError):
     """Inputs that do not suit the loss function (softmax before CrossEntropyLoss...)."""
+
+
+class UserCodeError(Exception):
+    """Internal: the user's code (their model, loss, optimizer or batch), run by a check
+    or an instrument, raised ``error``.
+
+    Raised by :func:`user_code` so that the code around it can catch exactly the user's
+    failures (which it reports, or leaves to the check that explains them) while a bug
+    in torchdoctor's own analysis still propagates and shows as ``crashed``. Not part of
+    the public API: it never leaves the check or instrument that caught it.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+@contextlib.contextmanager
+def user_code() -> Iterator[None]:
+    """Mark a block that runs the user's code: an Exception raised in it becomes a
+    :class:`UserCodeError` (chained to the original). Keep the block to the user's
+    call itself: whatever else it holds is taken for the user's code too (torchdoctor's
+    hooks that run inside the user's forward cannot be told apart)."""
+    try:
+        yield
+    except UserCodeError:
+        raise
+    except Exception as exc:  # the user's code raised: hand it on, labelled
+        raise UserCodeError(exc) from exc

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchdoctor._version import __version__
+
 SCHEMA_VERSION = 1
 
 #: Check id used for findings about the run itself (the script crashed, timed out,
@@ -159,8 +161,6 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The report in the documented JSON schema."""
-        from torchdoctor import __version__
-
         return {
             "schema": SCHEMA_VERSION,
             "torchdoctor_version": __version__,

@@ -95,7 +95,7 @@ def collect_checks(manager: pluggy.PluginManager) -> tuple[list[type[Check]], li
     for impl in reversed(manager.hook.torchdoctor_checks.get_hookimpls()):
         try:
             provided: list[type[Check]] = list(impl.function())  # type: ignore[call-overload]
-        except Exception as exc:
+        except Exception as exc:  # a plugin's hook (third-party code): note it, go on
             problems.append(f"plugin {impl.plugin_name!r} raised in torchdoctor_checks: "
                             f"{type(exc).__name__}: {exc}")
             continue

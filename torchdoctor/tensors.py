@@ -31,6 +31,14 @@ def deepcopy_module(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def forward(model: torch.nn.Module, inputs: Any) -> Any:
+    """``model(*inputs)`` for a tuple of inputs, else ``model(inputs)`` (the one way every
+    part of torchdoctor calls a model on a batch's inputs)."""
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
 def to_device(value: Any, device: str | torch.device) -> Any:
     """Move a tensor, or the tensors inside lists/tuples/dicts, to ``device``."""
     if isinstance(value, torch.Tensor):

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from torchdoctor.diagnoses.wording import format_shape
 
 if TYPE_CHECKING:
-    from torchdoctor.hooks.optrace import OpNode
-    from torchdoctor.scriptrun.observations import OpProblem
+    from torchdoctor.scriptrun.observations import OpNode, OpProblem
 
+#: the finding id of shape bugs (re-exported by :mod:`torchdoctor.diagnoses.shapes`)
+SHAPE_CHECK = "shape-mismatch"
 Explanation = tuple[str, str]
 Shape = tuple[int, ...]
 
@@ -169,7 +170,6 @@ def broadcast_problem(node: OpNode, operands: Sequence[Any]) -> OpProblem | None
     tensors, one from the prediction side (derived from a model's output) and one from
     elsewhere that is not a parameter (targets, labels); report it when the broadcast
     changes its meaning. None otherwise."""
-    from torchdoctor.diagnoses.shapes import SHAPE_CHECK
     from torchdoctor.scriptrun.observations import OpProblem
 
     if node.op not in OP_SYMBOLS or len(operands) != 2 or len(node.inputs) != 2:

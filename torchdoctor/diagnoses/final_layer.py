@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torchdoctor.diagnoses.source import forward_source_line
+from torchdoctor.errors import user_code
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,7 +36,8 @@ class FinalActivation:
 
 def final_activation(model: nn.Module, inputs: Any, label: str) -> FinalActivation | None:
     """The activation that produced ``model``'s output on ``inputs`` (runs one
-    ``no_grad`` forward): see :func:`final_activation_after`."""
+    ``no_grad`` forward; what the model raises comes out as
+    :class:`~torchdoctor.errors.UserCodeError`): see :func:`final_activation_after`."""
     return final_activation_after(_last_leaf(model, inputs), model, label)
 
 
@@ -59,7 +61,7 @@ def _last_leaf(model: nn.Module, inputs: Any) -> ModuleInfo | None:
     handles = [m.register_forward_hook(lambda mod, a, o, n=name: order.append((n, mod)))
                for name, m in model.named_modules() if not any(True for _ in m.children())]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), user_code():
             forward(model, inputs)
     finally:
         for handle in handles:

@@ -36,15 +36,34 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torchdoctor.findings import Finding, Severity
+from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 
 if TYPE_CHECKING:
     import torch
 
-    from torchdoctor.hooks.nonfinite import NonFiniteHit
-    from torchdoctor.scriptrun.observations import ModuleInfo
-
 #: the finding id of non-finite values, whichever front end finds them
 NONFINITE_CHECK_ID = "nan-loss"
+
+
+@dataclass(frozen=True)
+class NonFiniteHit:
+    """Where a NaN/inf first appeared.
+
+    For a forward output: ``qualname`` is the module's, ``inputs_finite`` says whether
+    the module's inputs were finite (True: this module made the NaN; False: it received
+    it). For a gradient: ``qualname`` is the parameter's (``fc1.weight``), ``module``
+    its owner, and ``inputs_finite`` whether the parameter's own value was finite.
+    ``summary`` describes the non-finite tensor.
+    """
+
+    qualname: str
+    module: ModuleInfo
+    inputs_finite: bool
+    summary: TensorSummary
+
+    def describe(self) -> str:
+        """``fc2 (Linear, ...) produced NaN/inf from finite inputs``-style text."""
+        return self.module.describe()
 
 
 # -- the finiteness test -------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from torchdoctor.scriptrun.observations import CodeLocation, OpProblem
 
 if TYPE_CHECKING:
-    from torchdoctor.hooks.optrace import OpNode
+    from torchdoctor.scriptrun.observations import OpNode
 
 NUMERICS_CHECK = "numerics"
 

@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
+from torchdoctor.diagnoses.broadcasting import SHAPE_CHECK as _SHAPE_CHECK
 from torchdoctor.diagnoses.broadcasting import (
     TARGET_SIZE,
     Explanation,
@@ -26,8 +27,9 @@ from torchdoctor.diagnoses.broadcasting import (
 from torchdoctor.diagnoses.wording import format_shape
 from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 
-#: the finding id of shape bugs
-SHAPE_CHECK = "shape-mismatch"
+#: the finding id of shape bugs (defined beside the broadcasting rules, which need it
+#: too and sit below this module)
+SHAPE_CHECK = _SHAPE_CHECK
 #: the fix when a view()/reshape mixed samples up (wrong batch size downstream)
 SPLIT_SAMPLES_HINT = ("a view()/reshape merged or split samples: flatten with x.flatten(1) "
                       "or x.view(x.size(0), -1), never x.view(-1, N) with a guessed N")

@@ -147,7 +147,10 @@ class CheckContext:
 
         key = id(candidate)
         if key not in self._probes:
-            self._probes[key] = run_probe(self, candidate)
+            self._probes[key] = run_probe(
+                lambda: self.fresh_model(candidate),
+                lambda: self.training_setup(candidate).batch(self.options.device),
+                self.options.seed)
         return self._probes[key]
 
     def training_setup(self, candidate: ModelCandidate | None = None) -> TrainingSetup:

@@ -12,13 +12,15 @@ model that does not run on the batch is a finding, not a crash of the doctor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from torchdoctor.errors import UserCodeError, user_code
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from torchdoctor.engine.context import CheckContext, ModelCandidate
     from torchdoctor.hooks.shapes import ShapeRecord
     from torchdoctor.scriptrun.observations import ModuleCall, ModuleInfo
 
@@ -49,26 +51,29 @@ class ForwardProbe:
         return self.error is None
 
 
-def run_probe(ctx: CheckContext, candidate: ModelCandidate) -> ForwardProbe:
-    """One traced ``no_grad`` forward of a fresh copy of ``candidate`` on the setup's
-    batch (use :meth:`CheckContext.forward_probe`, which caches it)."""
+def run_probe(fresh_model: Callable[[], nn.Module], batch: Callable[[], tuple[Any, Any]],
+              seed: int) -> ForwardProbe:
+    """One traced ``no_grad`` forward of ``fresh_model()`` (a copy of a candidate) on
+    ``batch()`` (the setup's inputs and targets), under the state ``seed`` gives (use
+    :meth:`CheckContext.forward_probe`, which caches it; this module takes callables,
+    not the context, so that the context may depend on it and not the other way)."""
     import torch
 
     from torchdoctor.engine.state import preserved_state
     from torchdoctor.hooks import ShapeTracer
-    from torchdoctor.reference.trainer import forward
+    from torchdoctor.tensors import forward
 
-    with preserved_state(ctx.options.seed):
-        model = ctx.fresh_model(candidate)
-        inputs, targets = ctx.training_setup(candidate).batch(ctx.options.device)
+    with preserved_state(seed):
+        model = fresh_model()
+        inputs, targets = batch()
         probe = ForwardProbe(model, inputs, targets)
         tracer = ShapeTracer(model)
         with torch.no_grad():
             try:
-                with tracer:
+                with tracer, user_code():
                     probe.output = forward(model, inputs)
-            except Exception as exc:  # the model does not run on this batch: kept
-                probe.error, probe.failed_at = exc, tracer.failed_at
+            except UserCodeError as raised:  # the user's model does not run on this batch
+                probe.error, probe.failed_at = raised.error, tracer.failed_at
         probe.calls = list(tracer.records)
         probe.last_leaf = _last_leaf(model, probe.calls)
     return probe

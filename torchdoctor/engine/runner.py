@@ -1,6 +1,7 @@
 """Running checks: prepare a target once, run each check in isolation, build a Report.
 
-Flow: TARGET -> :mod:`torchdoctor.target` (parse, run or import, find models) ->
+Flow: TARGET -> :mod:`torchdoctor.engine.target` (parse, run or import, find models) and
+:mod:`torchdoctor.engine.setup` (the training setup, the user's hook functions) ->
 :class:`Diagnosis` (one CheckContext, each check run inside ``preserved_state`` and
 turned into a CheckResult, never an exception) -> :class:`~torchdoctor.findings.Report`.
 """
@@ -20,6 +21,7 @@ from torchdoctor.diagnoses.no_gpu import (
     no_gpu_finding,
 )
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.setup import hook_candidates, training_setup, user_training_setup
 from torchdoctor.engine.state import preserved_state
 from torchdoctor.engine.target import (
     Target,
@@ -74,7 +76,7 @@ def run_one_check(check: Check, ctx: CheckContext) -> CheckResult:
     except SkipCheck as exc:
         return CheckResult(check.id, Outcome.SKIPPED, time.perf_counter() - started, [],
                            str(exc))
-    except Exception:
+    except Exception:  # any check's failure, ours or a plugin's, is reported: crashed
         return CheckResult(check.id, Outcome.CRASHED, time.perf_counter() - started, [],
                            traceback.format_exc())
     seconds = time.perf_counter() - started
@@ -206,11 +208,7 @@ class Diagnosis:
         return _context(self.target, self.options, self._setup(), None, models)
 
     def _hook_candidates(self) -> list[ModelCandidate]:
-        hook = self._manager.hook.torchdoctor_model
-        if not hook.get_hookimpls():
-            return []
-        return [ModelCandidate("torchdoctor_model()", "the file's torchdoctor_model()",
-                               _model_from_hook(hook))]
+        return hook_candidates(self._manager.hook)
 
     def _setup(self) -> TrainingSetup:
         return user_training_setup(self._manager.hook, self.options)
@@ -259,51 +257,6 @@ def _context(target: str, options: CheckOptions, setup: TrainingSetup,
     return CheckContext(target, options, setup, run, usable,
                         crash_explanations=crash_explanations or [],
                         model_skip="; ".join(reasons))
-
-
-def _model_from_hook(hook: Any) -> Callable[[], Any]:
-    def build() -> Any:
-        from torch import nn
-
-        model = hook()
-        if not isinstance(model, nn.Module):
-            raise TargetError(f"torchdoctor_model() returned {type(model).__name__}, "
-                              "not an nn.Module")
-        return model
-
-    return build
-
-
-def user_training_setup(hook: Any, options: CheckOptions) -> TrainingSetup:
-    """The reference setup, with each part replaced by the user's hook function when
-    their file defines one."""
-    batch = None
-    if hook.torchdoctor_batch.get_hookimpls():
-        def batch() -> tuple[Any, ...]:
-            return tuple(hook.torchdoctor_batch())
-
-    setup = training_setup(options, batch=batch, batch_source="torchdoctor_batch()")
-    if hook.torchdoctor_loss.get_hookimpls():
-        setup.make_loss = lambda: hook.torchdoctor_loss()
-        setup.source["loss"] = "torchdoctor_loss()"
-    if hook.torchdoctor_optimizer.get_hookimpls():
-        setup.make_optimizer = lambda params: hook.torchdoctor_optimizer(params=params)
-        setup.source["optimizer"] = "torchdoctor_optimizer(params)"
-    return setup
-
-
-def training_setup(options: CheckOptions, *, batch: Callable[[], Any] | None = None,
-                   batch_source: str = "batch given") -> TrainingSetup:
-    """The reference setup; with ``batch``, the reference data is never loaded (no
-    FashionMNIST read, no synthetic-data notice for a model that does not use it)."""
-    from torchdoctor.reference.trainer import reference_loss, reference_optimizer, reference_setup
-
-    if batch is None:
-        return reference_setup(options)
-    return TrainingSetup(make_batch=batch, make_loss=reference_loss,
-                         make_optimizer=reference_optimizer, data=batch_source,
-                         source={"batch": batch_source, "loss": "reference",
-                                 "optimizer": "reference"})
 
 
 def _mode_name(ctx: CheckContext) -> str:

@@ -75,7 +75,7 @@ def _import_module(name: str) -> types.ModuleType:
     except ModuleNotFoundError as exc:
         raise TargetError(f"cannot import {name}: {exc}. Is it installed, or run from the "
                           "directory that contains it?") from None
-    except Exception as exc:
+    except Exception as exc:  # the user's module raised on import: a bad target
         raise TargetError(f"importing {name} raised {type(exc).__name__}: {exc}") from None
 
 
@@ -88,7 +88,7 @@ def _import_file(path: Path) -> types.ModuleType:
     sys.path.insert(0, str(path.resolve().parent))
     try:
         exec(code, module.__dict__)
-    except Exception as exc:
+    except Exception as exc:  # the user's file raised on import: a bad target
         raise TargetError(f"{path}: importing the file raised {type(exc).__name__}: {exc}. "
                           "It must import without errors.") from None
     finally:

@@ -22,6 +22,7 @@ from torchdoctor.diagnoses.nonfinite import (
     inputs_finding,
     loss_made_it_finding,
 )
+from torchdoctor.errors import UserCodeError, user_code
 from torchdoctor.findings import Finding
 from torchdoctor.hooks.nonfinite import NonFiniteHit, NonFiniteTracer
 from torchdoctor.hooks.replica import clone_tensors, copy_without_hooks, cuda_indices
@@ -108,21 +109,30 @@ def localize_nonfinite(model: nn.Module, inputs: Any, loss_fn: Callable[..., Any
 
 def _replay(model: nn.Module, inputs: Any, loss_fn: Callable[..., Any] | None, targets: Any,
             anomaly: bool, state: dict[str, Any]) -> None:
-    """Run the step, filling ``state`` with what the report needs."""
+    """Run the step, filling ``state`` with what the report needs. What the user's model,
+    loss or backward raises is reported (it is the diagnosis); torchdoctor's own
+    summaries are outside the guarded calls, so a bug of ours propagates."""
     try:
         with torch.autograd.set_detect_anomaly(anomaly, check_nan=True):
-            output = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+            with user_code():
+                output = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
             first = first_nonfinite(output)
             summary_of = first if first is not None else next(iter_tensors(output), None)
             state["output"] = summarize(summary_of) if summary_of is not None else None
             if loss_fn is None:
                 return
-            loss = loss_fn(output, targets)
+            with user_code():
+                loss = loss_fn(output, targets)
+            if not isinstance(loss, torch.Tensor):
+                state["error"] = f"the loss function returned {type(loss).__name__}, not a tensor"
+                return
             state["loss"] = float(loss.detach().float().mean())
             state["loss_finite"] = bool(torch.isfinite(loss.detach()).all())
             if loss.requires_grad:  # reduction="none": backward through the mean
-                (loss if loss.numel() == 1 else loss.mean()).backward()
-    except Exception as exc:  # a diagnostic: report what the replay raised, never crash
+                with user_code():
+                    (loss if loss.numel() == 1 else loss.mean()).backward()
+    except UserCodeError as raised:
+        exc = raised.error
         match = _ANOMALY_OP.search(str(exc))
         if anomaly and match:
             state["backward_op"], state["anomaly"] = match.group(1), str(exc)

@@ -4,7 +4,6 @@ held NaN/inf, and the findings that say how to fix it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from torchdoctor.diagnoses.nonfinite import NONFINITE_CHECK_ID as NONFINITE_CHECK_ID
 from torchdoctor.diagnoses.nonfinite import (
+    NonFiniteHit,
     all_finite,
     first_nonfinite,
     gradient_finding,
@@ -20,29 +20,7 @@ from torchdoctor.diagnoses.nonfinite import (
 from torchdoctor.errors import NonFiniteError
 from torchdoctor.findings import Finding
 from torchdoctor.hooks.base import HookSet, module_info
-from torchdoctor.scriptrun.observations import ModuleInfo, TensorSummary
 from torchdoctor.tensors import summarize
-
-
-@dataclass(frozen=True)
-class NonFiniteHit:
-    """Where a NaN/inf first appeared.
-
-    For a forward output: ``qualname`` is the module's, ``inputs_finite`` says whether
-    the module's inputs were finite (True: this module made the NaN; False: it received
-    it). For a gradient: ``qualname`` is the parameter's (``fc1.weight``), ``module``
-    its owner, and ``inputs_finite`` whether the parameter's own value was finite.
-    ``summary`` describes the non-finite tensor.
-    """
-
-    qualname: str
-    module: ModuleInfo
-    inputs_finite: bool
-    summary: TensorSummary
-
-    def describe(self) -> str:
-        """``fc2 (Linear, ...) produced NaN/inf from finite inputs``-style text."""
-        return self.module.describe()
 
 
 class NonFiniteTracer(HookSet):

@@ -39,7 +39,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from torchdoctor.findings import Finding
 from torchdoctor.scriptrun.callsite import is_user_file, location_of
-from torchdoctor.scriptrun.observations import CodeLocation, OpProblem
+from torchdoctor.scriptrun.observations import CodeLocation, OpNode, OpProblem
 
 #: torch's Python functions that only forward a call to the real op (or to a mode):
 #: frames in them are looked through when finding who called the op
@@ -69,22 +69,6 @@ SOURCES = frozenset({
     "softmax", "sigmoid", "exp", "sum", "mean", "norm", "std", "var", "max", "sqrt",
     "log_softmax", "logsigmoid", "logsumexp", "clamp", "clamp_max",
 })
-
-
-@dataclass(eq=False)
-class OpNode:
-    """One traced call: what produced a tensor (no tensor is kept)."""
-
-    op: str
-    inputs: tuple[OpNode | None, ...]
-    shape: tuple[int, ...]
-    #: derived from a model's output (the prediction side)
-    pred: bool = False
-    #: called directly by user code (else from inside torch, e.g. nn.Softmax)
-    user: bool = False
-    location: CodeLocation | None = None
-    #: the plain numbers among the arguments (the 1 of ``1 - p``, an exponent, an eps)
-    scalars: tuple[float, ...] = ()
 
 
 def canonical_name(func: Any) -> str:

@@ -284,7 +284,7 @@ class Watch:
             found = [] if exception and self._distributed else self._read(final=True)
             missing = self._reader.no_gradient(self.steps)
             return found + ([missing] if missing else []) + self._traced()
-        except Exception:
+        except Exception:  # the user's loop raised first: never hide its exception
             if exception:
                 return []
             raise

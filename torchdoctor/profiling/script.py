@@ -29,7 +29,7 @@ def profile_script(path: str | os.PathLike[str], options: CheckOptions, *,
     the profiler. Raises :class:`TargetError` when ``path`` is not a Python file.
     """
     from torchdoctor.engine.state import preserved_state
-    from torchdoctor.scriptrun.instrument import run_script
+    from torchdoctor.scriptrun.script import run_script
 
     script = _script_path(path)
     check_device(options.device)

@@ -200,7 +200,7 @@ def _torchvision_or_synthetic(root: Path, train: bool, *, download: bool,
     (truncated files, no network, a mirror down: the run goes on, and says why)."""
     try:
         return _torchvision_set(root, train, download=download)
-    except Exception as exc:
+    except Exception as exc:  # torchvision, the files, the network: say why, go on
         return _synthetic(root, train, f"{failure}: {type(exc).__name__}: {exc}")
 
 

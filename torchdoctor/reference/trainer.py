@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from torchdoctor.reference.data import reference_batch
+from torchdoctor.tensors import forward as forward
 from torchdoctor.tensors import set_training, to_device
 
 if TYPE_CHECKING:
@@ -71,13 +72,6 @@ def reference_optimizer(params: Iterable[Any], lr: float = REFERENCE_LR) -> torc
 def expected_initial_loss(num_classes: int = NUM_CLASSES) -> float:
     """Cross-entropy of an untrained classifier guessing uniformly: ln(num_classes)."""
     return math.log(num_classes)
-
-
-def forward(model: nn.Module, inputs: Any) -> Any:
-    """``model(*inputs)`` for a tuple of inputs, else ``model(inputs)``."""
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
 
 
 def _step(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable[..., torch.Tensor],

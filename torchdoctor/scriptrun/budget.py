@@ -1,7 +1,7 @@
 """The fast-dev-run budget of a script-mode run: few batches per DataLoader pass, a
 capped number of optimizer steps, then a stop.
 
-Kept apart from the observation hooks in :mod:`torchdoctor.instrument`: this module
+Kept apart from the observation hooks in :mod:`torchdoctor.scriptrun.instrument`: this module
 *changes* how the user's loop runs (within the limits the CLI options set), the other
 only watches it.
 """

@@ -1,6 +1,6 @@
 """What a script-mode run saw, as plain data.
 
-:mod:`torchdoctor.instrument` fills a :class:`ScriptRun` while the user's file runs;
+:mod:`torchdoctor.scriptrun.instrument` fills a :class:`ScriptRun` while the user's file runs;
 the checks read it afterwards. Records hold summaries (shapes, dtypes, a few numbers),
 never tensors, so nothing of the user's run is kept alive. No torch import here.
 """
@@ -267,3 +267,19 @@ class OpProblem:
     message: str
     hint: str
     location: CodeLocation | None
+
+
+@dataclass(eq=False)
+class OpNode:
+    """One traced call: what produced a tensor (no tensor is kept)."""
+
+    op: str
+    inputs: tuple[OpNode | None, ...]
+    shape: tuple[int, ...]
+    #: derived from a model's output (the prediction side)
+    pred: bool = False
+    #: called directly by user code (else from inside torch, e.g. nn.Softmax)
+    user: bool = False
+    location: CodeLocation | None = None
+    #: the plain numbers among the arguments (the 1 of ``1 - p``, an exponent, an eps)
+    scalars: tuple[float, ...] = ()

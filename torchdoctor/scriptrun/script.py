@@ -73,7 +73,7 @@ def compile_file(path: Path) -> types.CodeType:
 def run_script(path: Path, options: CheckOptions, *,
                argv: list[str] | None = None) -> ScriptResult:
     """Run ``path`` as ``__main__`` in the fast-dev-run regime (see
-    :mod:`torchdoctor.instrument`) and return what was observed. Global state touched by
+    :mod:`torchdoctor.scriptrun.instrument`) and return what was observed. Global state touched by
     the run is the caller's to preserve (the runner wraps this in preserved_state)."""
     path = Path(path).resolve()
     code = compile_file(path)
@@ -115,7 +115,7 @@ def _execute(code: types.CodeType, module: types.ModuleType, run: ScriptRun,
         if exc.code not in (None, 0):
             run.status = RunStatus.EXITED
             run.notes.append(f"the script called sys.exit({exc.code!r})")
-    except Exception as exc:
+    except Exception as exc:  # the user's script crashed: that is an observation
         run.status = RunStatus.CRASHED
         run.error = _error_record(exc, instrumentation, not run.forwards)
 

@@ -58,7 +58,7 @@ def _traced_forward(model: nn.Module, example: Any) -> tuple[Any, ShapeTracer]:
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=cuda_indices(model)), tracer:
             output = model(*example) if isinstance(example, tuple) else model(example)
-    except Exception as exc:
+    except Exception as exc:  # the user's model raised: re-raised, explained if we can
         translated = _translate(exc, tracer)
         if translated is None:
             raise

@@ -1,0 +1,143 @@
+"""The replacements a script run installs for torch's functions and its global hooks.
+
+Each wrapper reaches its run only through a :class:`~torchdoctor.scriptrun.patches.RunLink`
+(a weak reference cut when the run ends). A wrapper that outlives the run (the script
+did ``from torch.nn.functional import cross_entropy`` and kept the name) then calls
+straight through to the original with the caller's arguments, records nothing and keeps
+nothing of the run alive.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+
+from torchdoctor.scriptrun.patches import RunLink
+
+Wrapper = Callable[..., Any]
+
+
+class RunObserver(Protocol):
+    """What a wrapper tells the run it belongs to (implemented by ``Instrumentation``)."""
+
+    @property
+    def inside_module(self) -> bool:
+        """Whether a module's forward is running (a loss called there is not recorded)."""
+
+    def loader_pass(self, loader: Any, batches: Iterator[Any]) -> Iterator[Any]:
+        """Start a DataLoader pass over ``batches``; return the iterator to hand out."""
+
+    def functional_loss(self, name: str, args: tuple[Any, ...], output: Any,
+                        options: dict[str, str]) -> None:
+        """Record a functional loss called outside any module."""
+
+    def before_backward(self, tensor: torch.Tensor) -> None:
+        """A ``backward()`` of ``tensor`` is about to run."""
+
+    def backward(self, value: float | None, started: float) -> None:
+        """Record a finished ``backward()`` that started at ``started`` (perf_counter)."""
+
+    def backward_succeeded(self) -> None:
+        """The ``backward()`` returned (the budget may end the run here)."""
+
+    def zero_grad(self, owner: Any) -> None:
+        """Note a ``zero_grad`` call of ``owner`` (an optimizer or a module)."""
+
+
+def wrap_loader_iter(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
+    """``DataLoader.__iter__``: each pass is counted and limited by the run."""
+
+    @functools.wraps(original)
+    def limited_iter(loader: Any, *args: Any, **kwargs: Any) -> Any:
+        run = link.get()
+        if run is None:
+            return original(loader, *args, **kwargs)
+        return run.loader_pass(loader, original(loader, *args, **kwargs))
+
+    return limited_iter
+
+
+def wrap_backward(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
+    """``Tensor.backward``: the loss value and the time of each backward pass."""
+
+    @functools.wraps(original)
+    def observed_backward(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        run = link.get()
+        if run is None:
+            return original(tensor, *args, **kwargs)
+        value = float(tensor.detach()) if tensor.numel() == 1 else None
+        run.before_backward(tensor)
+        del run  # no strong reference across the user's backward
+        started = time.perf_counter()
+        try:
+            result = original(tensor, *args, **kwargs)
+        finally:
+            run = link.get()
+            if run is not None:
+                run.backward(value, started)
+        run = link.get()
+        if run is not None:
+            run.backward_succeeded()
+        return result
+
+    return observed_backward
+
+
+def wrap_zero_grad(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
+    """``Optimizer.zero_grad`` / ``Module.zero_grad``: where gradients are cleared."""
+
+    @functools.wraps(original)
+    def observed_zero_grad(owner: Any, *args: Any, **kwargs: Any) -> Any:
+        run = link.get()
+        if run is not None:
+            run.zero_grad(owner)
+        return original(owner, *args, **kwargs)
+
+    return observed_zero_grad
+
+
+def wrap_functional_loss(name: str, original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
+    """``torch.nn.functional.<name>``: recorded when called outside any module (inside
+    one, the module's own forward is what is observed)."""
+
+    # torch re-dispatches a functional call through the module's global name (that
+    # is, this wrapper) when a __torch_function__ mode is on (the op tracer): the
+    # nested call is the same loss, recorded once
+    running = [0]
+
+    @functools.wraps(original)
+    def observed_loss(*args: Any, **kwargs: Any) -> Any:
+        run = link.get()
+        if run is None or running[0]:
+            return original(*args, **kwargs)
+        inside_module = run.inside_module
+        running[0] += 1
+        try:
+            output = original(*args, **kwargs)
+        finally:
+            running[0] -= 1
+        if not inside_module:
+            prediction = args[0] if args else kwargs.get("input")
+            target = args[1] if len(args) > 1 else kwargs.get("target")
+            options = {k: str(v) for k, v in kwargs.items() if isinstance(v, (str, int))}
+            run.functional_loss(name, (prediction, target), output, options)
+        return output
+
+    return observed_loss
+
+
+def routed(method: str, link: RunLink[Any]) -> Callable[..., None]:
+    """A global hook for torch's registries that calls ``run.<method>`` while the run
+    is active and does nothing after."""
+
+    def hook(*args: Any) -> None:
+        run = link.get()
+        if run is not None:
+            getattr(run, method)(*args)
+
+    hook.__qualname__ = hook.__name__ = f"torchdoctor_{method}"
+    return hook
