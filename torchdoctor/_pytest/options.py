@@ -1,4 +1,6 @@
-"""The plugin's command-line options, each mirrored by an ini setting."""
+"""The plugin's command-line options, each mirrored by an ini setting. The run options
+(device, seed, budget, timeout, data, script arguments) come from the table that
+``torchdoctor check`` uses too: :data:`torchdoctor.engine.runoptions.RUN_OPTIONS`."""
 
 from __future__ import annotations
 
@@ -7,12 +9,7 @@ from typing import Any
 
 import pytest
 
-from torchdoctor.engine.context import (
-    DEFAULT_LIMIT_BATCHES,
-    DEFAULT_MAX_STEPS,
-    DEFAULT_SEED,
-    DEFAULT_TIMEOUT,
-)
+from torchdoctor.engine.runoptions import RUN_OPTIONS, RunOption
 
 
 @dataclass(frozen=True)
@@ -26,6 +23,12 @@ class _Option:
     help: str
 
 
+def _run_option(option: RunOption) -> _Option:
+    """A run option of :data:`RUN_OPTIONS` as a plugin flag and ini key."""
+    return _Option(option.pytest_flag, option.ini, "string", option.metavar,
+                   option.help_with_default())
+
+
 _OPTIONS = (
     _Option("--torchdoctor", "torchdoctor_targets", "linelist", "TARGET",
             "diagnose TARGET (file.py, file.py::name or package.module:name): each "
@@ -34,19 +37,7 @@ _OPTIONS = (
             "comma-separated check ids to run (default: all)"),
     _Option("--torchdoctor-ignore", "torchdoctor_ignore", "linelist", "IDS",
             "comma-separated check ids to leave out"),
-    _Option("--torchdoctor-device", "torchdoctor_device", "string", "DEVICE",
-            "device the checks train copies on (default: cpu)"),
-    _Option("--torchdoctor-seed", "torchdoctor_seed", "string", "N",
-            f"seed of the checks and of the reference batch (default: {DEFAULT_SEED})"),
-    _Option("--torchdoctor-timeout", "torchdoctor_timeout", "string", "SECONDS",
-            f"time limit of a target's script run (default: {DEFAULT_TIMEOUT:g})"),
-    _Option("--torchdoctor-limit-batches", "torchdoctor_limit_batches", "string", "N",
-            f"batches per DataLoader pass in a script run (default: {DEFAULT_LIMIT_BATCHES})"),
-    _Option("--torchdoctor-max-steps", "torchdoctor_max_steps", "string", "N",
-            f"optimizer steps applied in a script run (default: {DEFAULT_MAX_STEPS})"),
-    _Option("--torchdoctor-data", "torchdoctor_data", "string", "DIR",
-            "FashionMNIST root (default: $TORCHDOCTOR_DATA, else ./data; synthetic data "
-            "when absent)"),
+    *(_run_option(option) for option in RUN_OPTIONS),
 )
 
 #: flags that may be given several times (their values are appended)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from torchdoctor.engine.context import (
-    DEFAULT_LIMIT_BATCHES,
-    DEFAULT_MAX_STEPS,
-    DEFAULT_SEED,
-    DEFAULT_TIMEOUT,
-    CheckOptions,
-)
+from torchdoctor.engine.context import CheckOptions
+from torchdoctor.engine.runoptions import RUN_OPTIONS, RunOption, check_options
 
 
 @dataclass(frozen=True)
@@ -54,19 +49,17 @@ def ids_or(values: Sequence[str] | str | None, default: tuple[str, ...]) -> tupl
     return default if values is None else split_ids(values)
 
 
-def _number(config: pytest.Config, name: str, kind: Callable[[str], Any], default: Any) -> Any:
-    value, _ = _raw(config, name)
+def _run_value(config: pytest.Config, option: RunOption) -> Any:
+    """A run option's value (command line over ini), None when not given; parsed and
+    checked as ``torchdoctor check`` does."""
+    value, from_cli = _raw(config, option.ini)
     if value in ("", None):
-        return default
+        return None
     try:
-        number = kind(str(value))
-    except ValueError:
-        raise pytest.UsageError(f"{name} (--{name.replace('_', '-')}): expected "
-                                f"{'an integer' if kind is int else 'a number'}, "
-                                f"got {value!r}") from None
-    if number < 0 or (kind is float and number == 0):
-        raise pytest.UsageError(f"{name}: expected a positive value, got {value!r}")
-    return number
+        return option.read(str(value))
+    except ValueError as exc:
+        where = option.pytest_flag if from_cli else f"ini setting {option.ini} ="
+        raise pytest.UsageError(f"{where} {value!r}: {str(exc).partition(': ')[2]}") from None
 
 
 def _targets(config: pytest.Config) -> tuple[str, ...]:
@@ -89,14 +82,7 @@ def resolve_target(spec: str, base: Path) -> str:
 
 
 def _check_options(config: pytest.Config) -> CheckOptions:
-    return CheckOptions(
-        device=str(_raw(config, "torchdoctor_device")[0] or "cpu"),
-        seed=_number(config, "torchdoctor_seed", int, DEFAULT_SEED),
-        limit_batches=_number(config, "torchdoctor_limit_batches", int, DEFAULT_LIMIT_BATCHES),
-        max_steps=_number(config, "torchdoctor_max_steps", int, DEFAULT_MAX_STEPS),
-        timeout=_number(config, "torchdoctor_timeout", float, DEFAULT_TIMEOUT),
-        data_root=str(_raw(config, "torchdoctor_data")[0]) or None,
-    )
+    return check_options({o.field: _run_value(config, o) for o in RUN_OPTIONS})
 
 
 def read_settings(config: pytest.Config) -> Settings:

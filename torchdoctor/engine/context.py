@@ -30,7 +30,8 @@ DEFAULT_TRACE_STEPS = 3
 
 @dataclass(frozen=True)
 class CheckOptions:
-    """Options shared by every check (the CLI flags of the same names)."""
+    """Options shared by every check. The CLI flags and pytest settings of the same
+    meaning are built from :data:`torchdoctor.engine.runoptions.RUN_OPTIONS`."""
 
     device: str = "cpu"
     seed: int = DEFAULT_SEED
@@ -44,6 +45,9 @@ class CheckOptions:
     #: optimizer steps of a script run traced op by op (the numerics and broadcasting
     #: rules); 0 turns the op tracer off
     trace_steps: int = DEFAULT_TRACE_STEPS
+    #: optimizer steps skipped past ``max_steps`` before the run stops; None: as many as
+    #: ``max_steps`` (checks), 0: stop right after them (``profile --steps N``)
+    skipped_steps: int | None = None
 
 
 @dataclass

@@ -16,6 +16,10 @@ from types import ModuleType
 from typing import Any
 
 from torchdoctor.check import Check, SkipCheck
+from torchdoctor.diagnoses.no_gpu import (
+    asked_for_missing_cuda,
+    no_gpu_finding,
+)
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
 from torchdoctor.engine.setup import hook_candidates, training_setup, user_training_setup
 from torchdoctor.engine.state import preserved_state
@@ -104,6 +108,8 @@ class Diagnosis:
         self._results: dict[str, CheckResult] = {}
         self._run_findings: list[Finding] = []
         self._started = time.perf_counter()
+        #: the script run of a file target (its output, its error), once prepared
+        self.script_result: Any = None
 
     @property
     def check_ids(self) -> list[str]:
@@ -160,6 +166,7 @@ class Diagnosis:
 
         assert parsed.path is not None
         result = run_script(parsed.path, self.options, argv=list(self.options.script_args))
+        self.script_result = result
         run = result.run
         missing = missing_package(run)
         if missing is not None:
@@ -281,7 +288,10 @@ def _run_findings(run: ScriptRun | None, findings: list[Finding]) -> list[Findin
     if run is None:
         return []
     found = []
-    if run.error is not None and not any(f.explains_crash for f in findings):
+    if asked_for_missing_cuda(run.error) and not any(f.explains_crash for f in findings):
+        assert run.error is not None
+        found.append(no_gpu_finding(run.error, run.path))
+    elif run.error is not None and not any(f.explains_crash for f in findings):
         found.append(Finding(
             TARGET_CHECK_ID, Severity.ERROR,
             f"the script raised {run.error.type_name}: {run.error.message.splitlines()[0]}",

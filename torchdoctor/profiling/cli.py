@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from torchdoctor.cli.output import write
+from torchdoctor.engine.context import (
+    DEFAULT_LIMIT_BATCHES,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_SEED,
+    DEFAULT_TIMEOUT,
+)
 from torchdoctor.errors import UsageError
 from torchdoctor.profiling.base import check_count, check_format
 from torchdoctor.profiling.reference import profile_reference
@@ -14,13 +21,17 @@ from torchdoctor.profiling.report import ProfileReport
 from torchdoctor.profiling.script import profile_script
 
 
-def run_profile_cli(target: str | None, *, steps: int = 20, data: str | None = None,
-                    device: str = "cpu", seed: int = 0, fmt: str = "table",
-                    trace: str | None = None, quiet: bool = False, timeout: float = 60.0,
-                    limit_batches: int = 10, num_workers: int = 0) -> int:
+def run_profile_cli(target: str | None, *, steps: int = DEFAULT_MAX_STEPS,
+                    data: str | None = None, device: str = "cpu", seed: int = DEFAULT_SEED,
+                    fmt: str = "table", trace: str | None = None, quiet: bool = False,
+                    timeout: float = DEFAULT_TIMEOUT,
+                    limit_batches: int = DEFAULT_LIMIT_BATCHES, num_workers: int = 0,
+                    script_args: Sequence[str] = ()) -> int:
     """``torchdoctor profile [TARGET]``: print the profile of the reference trainer
     (TARGET omitted or ``reference``) or of a training script; return the exit code.
 
+    ``steps`` training steps are profiled: for a script, the run stops after ``steps``
+    optimizer steps. The other options are ``torchdoctor check``'s run options.
     0: profiled; 1: the script crashed or timed out (the part that ran is shown);
     2: bad target or options (one line on stderr). ``quiet``: no progress line.
     """
@@ -30,17 +41,19 @@ def run_profile_cli(target: str | None, *, steps: int = 20, data: str | None = N
     try:
         report = _profile_target(target, steps=steps, data=data, device=device, seed=seed,
                                  fmt=fmt, trace=trace, timeout=timeout,
-                                 limit_batches=limit_batches, num_workers=num_workers)
+                                 limit_batches=limit_batches, num_workers=num_workers,
+                                 script_args=tuple(script_args))
     except UsageError as exc:
         print(f"torchdoctor profile: error: {exc}", file=sys.stderr)
         return 2
-    print(report.table(fmt))
+    write(report.table(fmt))
     return 0 if report.finished else 1
 
 
 def _profile_target(target: str | None, *, steps: int, data: str | None, device: str,
                     seed: int, fmt: str, trace: str | None, timeout: float,
-                    limit_batches: int, num_workers: int) -> ProfileReport:
+                    limit_batches: int, num_workers: int,
+                    script_args: tuple[str, ...]) -> ProfileReport:
     check_format(fmt)
     if not timeout > 0:
         raise UsageError(f"timeout must be > 0 seconds, not {timeout!r}")
@@ -53,7 +66,9 @@ def _profile_target(target: str | None, *, steps: int, data: str | None, device:
         check_count("steps", steps, 1)
         check_count("limit_batches", limit_batches, 1)
         options = CheckOptions(device=device, seed=seed, limit_batches=limit_batches,
-                               max_steps=steps, timeout=timeout, data_root=data)
+                               max_steps=steps, timeout=timeout, data_root=data,
+                               script_args=script_args, skipped_steps=0,
+                               trace_steps=0)  # op tracing would be profiled too
         return profile_script(target, options, trace=trace)
 
 

@@ -35,14 +35,14 @@ def profile_script(path: str | os.PathLike[str], options: CheckOptions, *,
     check_device(options.device)
     recording = Recording(options.device, trace, top)
     with preserved_state(options.seed), recording:
-        result = run_script(script, options)
+        result = run_script(script, options, argv=list(options.script_args))
     run = result.run
     report = ProfileReport(
         target=str(path), device=options.device, steps=_script_steps(run),
         phase_seconds=_script_phases(run), top_ops=recording.top_ops, memory=recording.memory,
         trace_path=recording.trace_path, loader=LoaderInfo(batch_size=_batch_size(run)),
         device_seconds=recording.device_seconds, kind="script", status=str(run.status.value),
-        notes=_run_notes(run))
+        notes=_run_notes(run, options))
     report.advice = advise(report)
     return report
 
@@ -78,9 +78,12 @@ def _batch_size(run: ScriptRun) -> int | None:
     return None
 
 
-def _run_notes(run: ScriptRun) -> list[str]:
-    """The run's own notes, plus how it ended early when it did."""
-    notes = list(run.notes)
+def _run_notes(run: ScriptRun, options: CheckOptions) -> list[str]:
+    """The run's own notes, plus how it ended early when it did. The step budget's note
+    is said in profile's own terms (its ``--steps``)."""
+    notes = [f"stopped after {options.max_steps} optimizer step(s) (--steps)"
+             if note.startswith("stopped after the step budget") and options.skipped_steps == 0
+             else note for note in run.notes]
     status = run.status.value
     if status not in UNFINISHED:
         return notes

@@ -63,8 +63,11 @@ class StepBudget:
     once lets a script that trains first and evaluates afterwards reach its evaluation.
     """
 
-    def __init__(self, max_steps: int, on_skip: Callable[[torch.optim.Optimizer], None]) -> None:
+    def __init__(self, max_steps: int, on_skip: Callable[[torch.optim.Optimizer], None],
+                 skipped_steps: int | None = None) -> None:
         self.max_steps = max_steps
+        #: skipped steps before StopRun; 0 stops right after the last applied step
+        self.skip_limit = max_steps if skipped_steps is None else skipped_steps
         self.applied = 0
         self.skipped = 0
         self._on_skip = on_skip
@@ -74,6 +77,8 @@ class StepBudget:
         """Count an applied step; past the budget, make this optimizer skip."""
         self.applied += 1
         if self.applied >= self.max_steps:
+            if self.skip_limit <= 0:
+                raise StopRun
             self._skip_steps_of(optimizer)
 
     def after_backward(self, backwards: int) -> None:
@@ -100,7 +105,7 @@ class StepBudget:
         def skipped_step(*args: Any, **kwargs: Any) -> None:
             self.skipped += 1
             self._on_skip(optimizer)
-            if self.skipped >= self.max_steps:
+            if self.skipped >= self.skip_limit:
                 raise StopRun
             return None
 

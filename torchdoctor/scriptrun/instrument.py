@@ -63,7 +63,7 @@ class Instrumentation:
         self.options = options
         self.run = run
         self.timer = PhaseTimer(run.phase_seconds)
-        self.budget = StepBudget(options.max_steps, self._skipped_step)
+        self.budget = StepBudget(options.max_steps, self._skipped_step, options.skipped_steps)
         self.progress = RunProgress(self.budget)
         self._link: RunLink[Instrumentation] = RunLink(self)
         self.losses = LossRecorder(run, self.progress)
