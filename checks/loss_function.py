@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from torchdoctor.check import Check
+from torchdoctor.check import Check, SkipCheck
 from torchdoctor.diagnoses.final_layer import FinalActivation
 from torchdoctor.diagnoses.loss_inputs import (
     LOSS_CHECK,
@@ -189,10 +189,11 @@ def _model_output(ctx: CheckContext, candidate: ModelCandidate) -> _ModelOutput 
     from torchdoctor.validators import loss_name_of
 
     probe = ctx.forward_probe(candidate)
+    if not probe.ran:  # examined nothing: never "passed"
+        raise SkipCheck("the batch does not run through the model (see shape-mismatch)")
     output = main_output(probe.output)  # the logits of a tuple, dict or dataclass output
-    if not probe.ran or not isinstance(output, torch.Tensor) or \
-            not output.is_floating_point():
-        return None  # the batch does not fit: shape-mismatch says why
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+        return None  # no float prediction: nothing a loss-input rule applies to
     last = final_activation_after(probe.last_leaf, probe.model, candidate.name)
     targets = probe.targets
     target = summarize(targets) if isinstance(targets, torch.Tensor) else None

@@ -76,6 +76,14 @@ def test_wrong_in_features_in_the_middle_is_found_by_shape_mismatch() -> None:
     assert "13 features" in report.data
 
 
+def test_checks_that_need_the_forward_are_skipped_when_it_fails() -> None:
+    report = diagnose(str(CORPUS / "buggy_middle_linear.py::BrokenRegressor"),
+                      select=["loss-function", "overfit-one-batch"])
+    for result in report.checks:  # examined nothing: skipped, never "passed"
+        assert result.outcome is Outcome.SKIPPED, (result.id, result.outcome)
+        assert "does not run through the model" in result.detail
+
+
 def test_a_model_with_no_readable_input_is_skipped_with_the_reason() -> None:
     report = diagnose(str(CORPUS / "opaque.py::Opaque"))
     assert report.data == "none"
