@@ -244,9 +244,16 @@ def test_no_grad_leak_passes_for_zeroing_and_accumulating_steps(batch: tuple) ->
 def test_no_grad_leak_names_the_parameters_that_carry_gradients(batch: tuple) -> None:
     error = failure(assert_no_grad_leak, mlp(), leaking_step, batch, steps=2)
     assert len(error.findings) == 1
-    assert set(error.findings[0].location.split(", ")) == {"0.weight", "0.bias", "2.weight",
-                                                           "2.bias"}
-    assert "zero_grad() is missing" in text(error)
+    finding = error.findings[0]
+    # the same finding as `torchdoctor check` and watch(): id, words, the step() line
+    assert finding.check == "missing-zero-grad"
+    step_line = leaking_step.__code__.co_firstlineno + 3
+    assert finding.location.endswith(f"test_testing.py:{step_line}")
+    shown = finding.message.rpartition("(")[2]  # names in backward order, then "1 more"
+    assert shown.endswith(" and 1 more)")
+    names = shown.removesuffix(" and 1 more)").split(", ")
+    assert len(names) == 3 and set(names) < {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert "optimizer.zero_grad() is never called between steps of SGD" in text(error)
     assert "in 2 calls of leaking_step" in text(error)
 
 

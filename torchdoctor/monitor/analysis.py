@@ -15,7 +15,6 @@ from statistics import fmean
 from torchdoctor.diagnoses.wording import name_list
 from torchdoctor.findings import Finding, Severity
 from torchdoctor.monitor.stats import ParamLayout, Window
-from torchdoctor.scriptrun.observations import CarriedGradRecord
 
 
 @dataclass(frozen=True)
@@ -245,16 +244,3 @@ def no_gradient_finding(layout: ParamLayout, peak: list[float] | None,
             "leave them out of the optimizer")
     severity = Severity.ERROR if everything else Severity.WARNING
     return _finding("no-gradient", severity, message, names[0], hint)
-
-
-def carry_findings(records: list[CarriedGradRecord]) -> list[Finding]:
-    """Gradients carried into the next step (records of the GradCarryDetector)."""
-    return [_finding(
-        "missing-zero-grad", Severity.ERROR,
-        f"gradients from before optimizer step {r.step_index} were still there when the "
-        f"next backward pass added to them ({', '.join(r.params[:4])}"
-        f"{' ...' if len(r.params) > 4 else ''}): zero_grad is missing",
-        r.params[0] if r.params else "",
-        "call optimizer.zero_grad() once per step, before loss.backward() (to "
-        "accumulate over N batches, call step() and zero_grad() every N batches)")
-        for r in records]
