@@ -187,9 +187,9 @@ def test_overfits_batch_fails_with_softmax_before_cross_entropy(batch: tuple) ->
     model = nn.Sequential(mlp(), nn.Softmax(dim=1))
     error = failure(assert_overfits_batch, model, batch, optimizer_factory=fast_adam,
                     steps=40)
-    assert "could not overfit one batch" in text(error)
+    assert "the model cannot fit one batch" in text(error)
     assert "loss by step: 0:" in str(error)
-    assert error.findings[0].check == "overfit-batch"
+    assert error.findings[0].check == "overfit-one-batch"  # the check's id and words
 
 
 def test_overfits_batch_reports_parameters_that_never_update(batch: tuple) -> None:

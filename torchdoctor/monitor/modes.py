@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from torchdoctor.diagnoses.wording import name_list
+from torchdoctor.diagnoses import parameters
 from torchdoctor.findings import Finding, Severity
 
 #: module types whose forward depends on ``training``
@@ -84,22 +84,8 @@ def _eval_in_train_mode(names: list[str]) -> Finding:
 
 def not_in_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer,
                      names: dict[int, str]) -> Finding | None:
-    """Trainable parameters of ``model`` that no param_group of ``optimizer`` holds."""
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    missing = [names.get(id(p), "?") for p in trainable if id(p) not in held]
-    if not missing:
-        return None
-    shown = name_list(missing, 6)
-    if len(missing) == len(trainable):
-        return Finding(
-            "not-in-optimizer", Severity.ERROR,
-            "the optimizer holds none of the model's parameters (was it built on another "
-            "model, or on a copy?)", type(model).__name__,
-            "build the optimizer on this model: torch.optim.Adam(model.parameters(), ...)")
-    return Finding(
-        "not-in-optimizer", Severity.WARNING,
-        f"{len(missing)} trainable parameter(s) are in no optimizer param_group and will "
-        f"never be updated: {shown}", missing[0],
-        "add them to the optimizer (optimizer.add_param_group or build it after the model "
-        "is complete), or freeze them with requires_grad_(False)")
+    """Trainable parameters of ``model`` that no param_group of ``optimizer`` holds (the
+    finding of :mod:`torchdoctor.diagnoses.parameters`)."""
+    trainable = [(names.get(id(p), "?"), p) for p in model.parameters() if p.requires_grad]
+    missing = parameters.not_in_optimizer(trainable, optimizer)
+    return parameters.not_in_optimizer_finding(missing, len(trainable), type(model).__name__)
