@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -328,7 +329,10 @@ def test_eval_deterministic_passes_with_dropout_modules(batch: tuple) -> None:
 def test_eval_deterministic_names_the_forward_code_calling_f_dropout(batch: tuple) -> None:
     error = failure(assert_eval_deterministic, FunctionalDropout(), batch[0])
     finding = error.findings[0]
-    assert finding.location == "<model> (FunctionalDropout)"
+    assert finding.check == "eval-mode"  # the check's id, words and location
+    source, first = inspect.getsourcelines(FunctionalDropout.forward)
+    line = first + next(i for i, code in enumerate(source) if "F.dropout(" in code)
+    assert finding.location.endswith(f"test_testing.py:{line}")
     assert "the input of fc2 (Linear" in finding.message
     assert "training=self.training" in finding.hint
 

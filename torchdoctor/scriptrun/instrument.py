@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchdoctor.diagnoses.eval_mode import mode_sensitive
 from torchdoctor.diagnoses.gradcarry import GradCarryDetector
 from torchdoctor.diagnoses.manualgrad import ManualUpdateDetector
 from torchdoctor.diagnoses.nonfinite import all_finite
@@ -61,10 +62,6 @@ FUNCTIONAL_LOSSES = (
     "cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
     "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div",
 )
-
-#: module types whose behaviour depends on ``training``
-MODE_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm,
-                  nn.modules.instancenorm._InstanceNorm)
 
 _MAX_INPUTS = 4  # tensor inputs summarised per forward
 _DETAILED_PER_PASS = 2  # forwards/losses per DataLoader pass summarised with statistics
@@ -208,8 +205,7 @@ class Instrumentation:
         prefix = f"{type(module).__name__}." if index else ""
         self._param_names.update({id(p): prefix + name for name, p in params})
         self._qualnames.update({id(m): name for name, m in module.named_modules()})
-        sensitive = [name or "<model>" for name, m in module.named_modules()
-                     if isinstance(m, MODE_SENSITIVE)]
+        sensitive = [name or "<model>" for name, _ in mode_sensitive(module)]
         self.run.models.append(ObservedModel(
             index=index, type_name=type(module).__name__, location=user_callsite(),
             mode_sensitive=sensitive, parameter_count=sum(p.numel() for _, p in params)))
