@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from torchdoctor.diagnoses.overfit import Fit
     from torchdoctor.engine.context import CheckContext, ModelCandidate
 
-_NAMES_SHOWN = 4
 #: on a synthetic task, a best loss below this share of the first one is partial success
 _PARTLY = 0.5
 #: a learning rate below this cannot fit a batch in a few hundred steps
@@ -114,8 +113,8 @@ class _Verdict:
                 hint="call `requires_grad_(True)` on the layers to train")]
         if not a.loss_has_grad:
             return [self.check.error(
-                f"{self.name}: the loss does not depend on any trainable parameter: the "
-                "output is detached or computed under `torch.no_grad()` in forward",
+                f"{self.name}: {parameters.NO_GRAPH_PHRASE}: the output is detached or "
+                "computed under `torch.no_grad()` in forward",
                 location=f"{self.name}: forward", hint=parameters.NO_GRAPH_HINT)]
         found = self._structural() + self._initial_loss()
         if self.error:
@@ -138,10 +137,8 @@ class _Verdict:
         if a.cut:
             module = a.cut_module.describe() if a.cut_module else "forward"
             found.append(self.check.error(
-                f"{self.name}: {_names(a.cut)} get no gradient although they require one "
-                f"and {module} runs: the forward cuts the graph after it (or its output "
-                "never reaches the loss)"
-                f"{self._outcome()}", location=a.cut_line or f"{self.name}: {module}",
+                f"{self.name}: {parameters.cut_phrase(a.cut, module)}{self._outcome()}",
+                location=a.cut_line or f"{self.name}: {module}",
                 hint=parameters.NO_GRADIENT_HINT))
         if a.final is not None:
             found.append(self.check.error(
@@ -158,8 +155,8 @@ class _Verdict:
         found = []
         if a.frozen:
             found.append(self.check.error(
-                f"{self.name} cannot fit one batch ({self.outcome}) and {_names(a.frozen)} "
-                "are frozen (requires_grad=False)", location=f"{self.name}: {a.frozen[0]}",
+                f"{self.name} cannot fit one batch ({self.outcome}) and "
+                f"{parameters.frozen_phrase(a.frozen)}", location=f"{self.name}: {a.frozen[0]}",
                 hint=parameters.FROZEN_HINT))
         if a.not_in_optimizer:
             found.append(self.check.error(
@@ -227,8 +224,8 @@ class _Verdict:
         a, found = self.anatomy, []
         if a.frozen:
             found.append(self.check.info(
-                f"{self.name}: {_names(a.frozen)} are frozen (requires_grad=False); the rest "
-                "fits one batch, fine if intended", location=f"{self.name}: {a.frozen[0]}"))
+                f"{self.name}: {parameters.frozen_phrase(a.frozen)}; the rest fits one "
+                "batch, fine if intended", location=f"{self.name}: {a.frozen[0]}"))
         if a.not_in_optimizer:
             found.append(self.check.info(
                 f"{self.name}: {parameters.not_held_phrase(a.not_in_optimizer)}; fine if "
@@ -250,7 +247,3 @@ class _Verdict:
             return ""
         verdict = "it still fits one batch" if self.fitted else "it cannot fit one batch"
         return f" ({verdict}: {self.outcome})"
-
-
-def _names(names: list[str]) -> str:
-    return name_list(names, _NAMES_SHOWN)

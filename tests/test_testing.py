@@ -149,7 +149,8 @@ def test_params_update_explains_a_detached_loss(batch: tuple) -> None:
 
     error = failure(assert_params_update, mlp(), batch, detached_loss)
     assert len(error.findings) == 4
-    assert "the loss does not require grad" in text(error)
+    assert "the loss does not depend on any trainable parameter" in text(error)
+    assert {f.check for f in error.findings} == {"no-gradient"}  # as watch() says it
 
 
 class ZeroedHead(WithUnusedLayer):

@@ -51,6 +51,23 @@ def not_in_optimizer(named: Iterable[tuple[str, torch.Tensor]],
     return [name for name, p in named if p.requires_grad and id(p) not in held]
 
 
+#: the loss is connected to no trainable parameter at all
+NO_GRAPH_PHRASE = "the loss does not depend on any trainable parameter"
+
+
+def frozen_phrase(names: list[str]) -> str:
+    """``fc1.weight, fc1.bias are frozen (requires_grad=False)``."""
+    return f"{name_list(names, SHOWN)} {'is' if len(names) == 1 else 'are'} frozen " \
+        "(requires_grad=False)"
+
+
+def cut_phrase(names: list[str], module: str) -> str:
+    """Parameters whose module ran but which got no gradient: the graph is cut."""
+    return (f"{name_list(names, SHOWN)} get no gradient although they require one and "
+            f"{module} runs: the forward cuts the graph after it (or its output never "
+            "reaches the loss)")
+
+
 def not_held_phrase(names: list[str]) -> str:
     """``the optimizer does not hold fc1.weight, fc1.bias, so they never change``."""
     return (f"the optimizer does not hold {name_list(names, SHOWN)}, so "

@@ -74,6 +74,7 @@ _STALE_HINTS = {
 #: the finding id of each reason, where it is a bug class of its own (the same id as
 #: watch() reports); other reasons keep the id of the helper that found them
 _STALE_IDS = {
+    "no-graph": parameters.NO_GRADIENT_ID,
     "not-in-optimizer": parameters.NOT_IN_OPTIMIZER_ID,
     "no-grad": parameters.NO_GRADIENT_ID,
     "zero-grad": parameters.NO_GRADIENT_ID,
@@ -84,7 +85,7 @@ def _stale_reason(step: StepResult, name: str) -> tuple[str, str]:
     """Why parameter ``name`` did not change: (kind, sentence)."""
     grad = step.grads[name]
     if not step.loss_has_graph:
-        return "no-graph", "the loss does not require grad, so no gradient reached it"
+        return "no-graph", f"{parameters.NO_GRAPH_PHRASE}, so no gradient reached it"
     if name not in step.optimized:
         return "not-in-optimizer", "it is not in the optimizer's param_groups"
     if grad is None:
