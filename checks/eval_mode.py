@@ -13,7 +13,7 @@ module whose code does it.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchdoctor.check import Check
 from torchdoctor.diagnoses import eval_mode
@@ -21,6 +21,8 @@ from torchdoctor.findings import Finding
 from torchdoctor.scriptrun.observations import ForwardRecord, ObservedModel, RunStatus, ScriptRun
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from torchdoctor.engine.context import CheckContext, ModelCandidate
 
 
@@ -37,26 +39,20 @@ class EvalModeCheck(Check):
     def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
         """A copy in eval() run twice on one batch must give the same output (sampling
         such as a VAE's randn_like is only a warning: it can be the model itself)."""
-        from torchdoctor.diagnoses.eval_randomness import (
-            CHECK_ATOL,
-            CHECK_RTOL,
-            Tolerance,
-            eval_randomness,
-        )
-
-        inputs, _ = ctx.training_setup(candidate).batch(ctx.options.device)
+        from torchdoctor.diagnoses.eval_randomness import CHECK_TOLERANCE, eval_randomness
         from torchdoctor.tensors import set_training
 
+        inputs, _ = ctx.training_setup(candidate).batch(ctx.options.device)
         model = set_training(ctx.fresh_model(candidate), False)
         if not _takes(model, inputs):
             return []  # the batch does not fit the model: other checks say why
         found = eval_randomness(model, inputs, subject=candidate.name,
                                 prefix=f"{candidate.name}: ",
-                                tolerance=Tolerance(CHECK_ATOL, CHECK_RTOL))
+                                tolerance=CHECK_TOLERANCE)
         return [] if found is None else [found.finding]
 
 
-def _takes(model: object, inputs: object) -> bool:
+def _takes(model: nn.Module, inputs: Any) -> bool:
     """Whether one eval-mode forward of the user's model on ``inputs`` runs (only the
     user's code is guarded: our own analysis after it must crash loudly)."""
     import torch
@@ -65,7 +61,7 @@ def _takes(model: object, inputs: object) -> bool:
 
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         try:
-            forward(model, inputs)  # type: ignore[arg-type]
+            forward(model, inputs)
         except Exception:  # the user's model raised
             return False
     return True

@@ -28,11 +28,6 @@ from torchdoctor.reference.trainer import forward
 from torchdoctor.scriptrun.observations import CodeLocation
 from torchdoctor.tensors import iter_tensors, set_training
 
-#: the check's tolerance: non-deterministic GPU reductions round differently run to run
-#: (randomness such as dropout changes outputs by far more)
-CHECK_RTOL = 1e-5
-CHECK_ATOL = 1e-6
-
 #: a functional dropout call: F.dropout(, torch.nn.functional.dropout2d(, torch.dropout(
 _FUNCTIONAL_DROPOUT = re.compile(
     r"(?<![\w.])(?:F|functional|torch\.nn\.functional|nn\.functional|torch)\."
@@ -71,6 +66,11 @@ class EvalRandomness:
 
     finding: Finding
     largest_difference: float | None
+
+
+#: the check's tolerance: non-deterministic GPU reductions round differently run to run
+#: (randomness such as dropout changes outputs by far more)
+CHECK_TOLERANCE = Tolerance(atol=1e-6, rtol=1e-5)
 
 
 def eval_randomness(model: nn.Module, example: Any, *, subject: str = "the model",

@@ -9,7 +9,7 @@ fit a batch. No torch at module level: checks import this while listing checks.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torchdoctor.diagnoses.wording import name_list
 from torchdoctor.findings import Finding, Severity
@@ -101,7 +101,3 @@ def no_gradient_finding(names: list[str], everything: bool, steps: int) -> Findi
                    f"{len(names)} parameter(s) never received a gradient in {steps} "
                    f"step(s): {name_list(names, SHOWN)}", names[0], NO_GRADIENT_HINT)
 
-
-def parameter_names(model: Any) -> dict[int, str]:
-    """``id(parameter) -> name`` for a module's parameters."""
-    return {id(p): name for name, p in model.named_parameters()}
