@@ -48,7 +48,7 @@ class Examination:
 def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Examination | None:
     """Examine and train a copy of ``candidate``; None when the setup's batch does not
     run through it (shape-mismatch and device-mismatch say why)."""
-    from torchdoctor.diagnoses.anatomy import anatomy_of
+    from torchdoctor.diagnoses.anatomy import anatomy_of, probe
     from torchdoctor.tensors import first_tensor
 
     setup = ctx.training_setup(candidate)
@@ -57,9 +57,10 @@ def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Exam
     loss_fn = setup.make_loss()
     optimizer = setup.make_optimizer(model.parameters())
     try:
-        anatomy = anatomy_of(model, batch, loss_fn, optimizer, candidate.name)
-    except Exception:  # the batch does not fit the model: the caller skips, saying so
+        seen = probe(model, batch, loss_fn)
+    except Exception:  # the user's model or loss does not take the batch: skipped
         return None
+    anatomy = anatomy_of(model, seen, loss_fn, optimizer, candidate.name, batch[0])
     first = first_tensor(batch[0])
     size = int(first.shape[0]) if first is not None and first.dim() else None
     if not (anatomy.trainable and anatomy.loss_has_grad):

@@ -52,30 +52,22 @@ class Anatomy:
     final: FinalActivation | None = None
 
 
-def anatomy_of(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any,
-               optimizer: torch.optim.Optimizer, name: str) -> Anatomy:
-    """One forward/backward pass of ``model`` on ``batch``: what stops it learning.
-    The gradients are cleared again (set to None) before returning."""
-    from torchdoctor.validators import canonical_loss_name, loss_name_of
+@dataclass
+class Probe:
+    """One forward/backward pass of the user's model and loss on a batch: the modules
+    that ran, the output (detached) and the loss (backward already run if it could)."""
 
-    ran, output, loss = _probe(model, batch, loss_fn)
-    found = Anatomy(optimizer=type(optimizer).__name__, lr=_lr(optimizer),
-                    loss=canonical_loss_name(loss_name_of(loss_fn)),
-                    loss_has_grad=bool(loss.requires_grad))
-    if loss.requires_grad:
-        loss.backward()
-    _sort_parameters(model, ran, optimizer, found)
-    optimizer.zero_grad(set_to_none=True)
-    if output.dim() >= 2 and found.loss in CLASS_LOSSES:
-        found.classes = int(output.shape[1])
-    if found.loss == "CrossEntropyLoss" and bool((output >= 0).all()):
-        found.final = _non_negative_final(model, batch[0], name)
-    return found
+    ran: set[str]
+    output: torch.Tensor
+    loss: torch.Tensor
 
 
-def _probe(model: nn.Module, batch: tuple[Any, Any],
-           loss_fn: Any) -> tuple[set[str], torch.Tensor, torch.Tensor]:
-    """One forward pass noting which modules ran; the output and the loss."""
+def probe(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any) -> Probe:
+    """Run the user's code once: forward noting which modules ran, the loss, backward.
+    Whatever it raises is the user's (the batch does not fit the model, the loss does
+    not take the output...): the caller decides; the analysis is :func:`anatomy_of`."""
+    import torch
+
     from torchdoctor.reference.trainer import forward
     from torchdoctor.tensors import first_tensor
 
@@ -90,7 +82,31 @@ def _probe(model: nn.Module, batch: tuple[Any, Any],
     tensor = first_tensor(output)
     if tensor is None:
         raise TypeError("the model returned no tensor")
-    return ran, tensor.detach(), loss_fn(output, batch[1])
+    loss = loss_fn(output, batch[1])
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"the loss returned {type(loss).__name__}, not a tensor")
+    if loss.requires_grad:
+        loss.backward()
+    return Probe(ran, tensor.detach(), loss)
+
+
+def anatomy_of(model: nn.Module, seen: Probe, loss_fn: Any, optimizer: torch.optim.Optimizer,
+               name: str, inputs: Any) -> Anatomy:
+    """What stops ``model`` learning, from the gradients :func:`probe` left; they are
+    cleared again (set to None) before returning."""
+    from torchdoctor.validators import canonical_loss_name, loss_name_of
+
+    found = Anatomy(optimizer=type(optimizer).__name__, lr=_lr(optimizer),
+                    loss=canonical_loss_name(loss_name_of(loss_fn)),
+                    loss_has_grad=bool(seen.loss.requires_grad))
+    _sort_parameters(model, seen.ran, optimizer, found)
+    optimizer.zero_grad(set_to_none=True)
+    output = seen.output
+    if output.dim() >= 2 and found.loss in CLASS_LOSSES:
+        found.classes = int(output.shape[1])
+    if found.loss == "CrossEntropyLoss" and bool((output >= 0).all()):
+        found.final = _non_negative_final(model, inputs, name)
+    return found
 
 
 def _sort_parameters(model: nn.Module, ran: set[str], optimizer: torch.optim.Optimizer,
