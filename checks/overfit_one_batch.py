@@ -66,8 +66,7 @@ def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Exam
     if not (anatomy.trainable and anatomy.loss_has_grad):
         return Examination(anatomy, None, size)
     try:
-        with overfit.one_cpu_thread(ctx.options.device):
-            fit = overfit.fit_one_batch(model, batch, loss_fn, optimizer, budget=budget)
+        fit = overfit.fit_one_batch(model, batch, loss_fn, optimizer, budget=budget)
     except Exception as exc:  # the user's code raised: report it, do not crash the check
         return Examination(anatomy, None, size, f"{type(exc).__name__}: {exc}")
     return Examination(anatomy, fit, size)

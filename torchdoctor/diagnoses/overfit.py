@@ -101,7 +101,15 @@ def fit_one_batch(model: nn.Module, batch: tuple[Any, Any],
                   budget: float | None = None) -> Fit:
     """Train ``model`` on one ``(inputs, targets)`` batch until the loss is below
     ``target`` (default :func:`default_target` of the first loss, judged with
-    :data:`TOLERANCE`), for at most ``max_steps`` steps and ``budget`` seconds."""
+    :data:`TOLERANCE`), for at most ``max_steps`` steps and ``budget`` seconds (on one
+    CPU thread for a CPU model)."""
+    with _one_cpu_thread(model):
+        return _fit(model, batch, loss_fn, optimizer, max_steps, target, budget)
+
+
+def _fit(model: nn.Module, batch: tuple[Any, Any], loss_fn: Callable[..., torch.Tensor],
+         optimizer: torch.optim.Optimizer, max_steps: int, target: float | None,
+         budget: float | None) -> Fit:
     from torchdoctor.reference.trainer import train_steps
 
     started = time.perf_counter()
@@ -123,13 +131,14 @@ def fit_one_batch(model: nn.Module, batch: tuple[Any, Any],
 
 
 @contextmanager
-def one_cpu_thread(device: str) -> Iterator[None]:
-    """Train on one CPU thread, restoring the caller's setting after. A one-batch fit
-    of a small model gains nothing from more, and on a machine whose cores are busy
-    (a CI runner, a laptop running tests) OpenMP's waiting threads make it 10x slower."""
+def _one_cpu_thread(model: nn.Module) -> Iterator[None]:
+    """Train a CPU model on one thread, restoring the caller's setting after. A one-batch
+    fit gains nothing from more, and on a machine whose cores are busy (a CI runner, a
+    laptop running tests) OpenMP's waiting threads make it 10x slower."""
     import torch
 
-    if not device.startswith("cpu"):
+    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
+    if tensor is not None and tensor.device.type != "cpu":
         yield
         return
     before = torch.get_num_threads()
