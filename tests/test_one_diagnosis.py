@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchdoctor
+from tests.helpers import findings_of
+from tests.models import tabular_mlp
 from torchdoctor.engine.runner import diagnose_model
 from torchdoctor.findings import Finding
 from torchdoctor.testing import (
@@ -38,7 +40,7 @@ def _leaking_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any
 def test_missing_zero_grad_reads_the_same_in_watch_and_the_helper() -> None:
     torch.manual_seed(0)
     batch = torch.randn(16, 20), torch.randint(0, 4, (16,))
-    model = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 4))
+    model = tabular_mlp(hidden=8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with torchdoctor.watch(model, optimizer, policy="record") as doc:
         for _ in range(3):
@@ -66,8 +68,8 @@ class _FunctionalDropout(nn.Module):
 
 
 def test_eval_randomness_reads_the_same_in_the_check_and_the_helper() -> None:
-    (checked,) = [f for f in diagnose_model(_FunctionalDropout(), select=["eval-mode"],
-                                            name="Net").findings if f.check == "eval-mode"]
+    report = diagnose_model(_FunctionalDropout(), select=["eval-mode"], name="Net")
+    (checked,) = findings_of(report, "eval-mode")
     (helped,) = _helper_findings(assert_eval_deterministic, _FunctionalDropout(),
                                  torch.randn(8, 1, 28, 28))
     assert (helped.check, helped.location, helped.hint) == \
@@ -88,10 +90,10 @@ def test_a_model_that_cannot_fit_one_batch_has_one_id_and_one_budget() -> None:
 
     torch.manual_seed(0)
     batch = torch.randn(16, 20), torch.randint(0, 4, (16,))
-    model = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 4))
+    model = tabular_mlp(hidden=8)
     report = diagnose_model(model, batch=batch, select=["overfit-one-batch"],
                             optimizer_factory=_frozen_adam)
-    checked = [f for f in report.findings if f.check == "overfit-one-batch"]
+    checked = findings_of(report, "overfit-one-batch")
     assert checked and "learning rate 1e-09 is far too small" in checked[0].message
     assert f"in {overfit.MAX_STEPS} steps" in checked[0].message
     helped = _helper_findings(assert_overfits_batch, model, batch,
