@@ -15,7 +15,7 @@ from torch import nn
 
 import torchdoctor
 from tests.helpers import findings_of
-from tests.models import tabular_mlp
+from tests.models import FunctionalDropout, functional_dropout_line, tabular_mlp
 from torchdoctor.engine.runner import diagnose_model
 from torchdoctor.findings import Finding
 from torchdoctor.testing import (
@@ -56,26 +56,14 @@ def test_missing_zero_grad_reads_the_same_in_watch_and_the_helper() -> None:
     assert helped.message == watched.message.replace("from step 1 ", f"from step 1{at} ")
 
 
-class _FunctionalDropout(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(784, 16)
-        self.fc2 = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.dropout(self.fc1(x.flatten(1)), 0.5)  # bug: no training=self.training
-        return self.fc2(hidden)
-
-
 def test_eval_randomness_reads_the_same_in_the_check_and_the_helper() -> None:
-    report = diagnose_model(_FunctionalDropout(), select=["eval-mode"], name="Net")
+    batch = torch.randn(8, 20), torch.randint(0, 4, (8,))
+    report = diagnose_model(FunctionalDropout(), batch=batch, select=["eval-mode"], name="Net")
     (checked,) = findings_of(report, "eval-mode")
-    (helped,) = _helper_findings(assert_eval_deterministic, _FunctionalDropout(),
-                                 torch.randn(8, 1, 28, 28))
+    (helped,) = _helper_findings(assert_eval_deterministic, FunctionalDropout(), batch[0])
     assert (helped.check, helped.location, helped.hint) == \
         (checked.check, checked.location, checked.hint)
-    assert checked.location.endswith(
-        f"test_one_diagnosis.py:{inspect.getsourcelines(_FunctionalDropout.forward)[1] + 1}")
+    assert checked.location.endswith(functional_dropout_line())
     assert checked.message.startswith("Net gives different outputs for the same input")
     assert helped.message == checked.message.replace("Net ", "the model ", 1)
 

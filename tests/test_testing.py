@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.models import Noisy, image_mlp, tabular_mlp
+from tests.models import (
+    FunctionalDropout,
+    Noisy,
+    functional_dropout_line,
+    image_mlp,
+    tabular_mlp,
+)
 from torchdoctor.findings import Report, Severity
 from torchdoctor.testing import (
     TorchDoctorAssertionError,
@@ -310,16 +315,6 @@ def test_valid_batch_passes_and_fails_on_raw_pixels_and_bad_labels() -> None:
 # ---------------------------------------------------------------- assert_eval_deterministic
 
 
-class FunctionalDropout(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(20, 16)
-        self.fc2 = nn.Linear(16, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.dropout(self.fc1(x), 0.5))  # bug: training=self.training missing
-
-
 def test_eval_deterministic_passes_with_dropout_modules(batch: tuple) -> None:
     model = nn.Sequential(nn.Linear(20, 16), nn.Dropout(0.5), nn.Linear(16, 4))
     rng = torch.get_rng_state()
@@ -331,9 +326,7 @@ def test_eval_deterministic_names_the_forward_code_calling_f_dropout(batch: tupl
     error = failure(assert_eval_deterministic, FunctionalDropout(), batch[0])
     finding = error.findings[0]
     assert finding.check == "eval-mode"  # the check's id, words and location
-    source, first = inspect.getsourcelines(FunctionalDropout.forward)
-    line = first + next(i for i, code in enumerate(source) if "F.dropout(" in code)
-    assert finding.location.endswith(f"test_testing.py:{line}")
+    assert finding.location.endswith(functional_dropout_line())
     assert "the input of fc2 (Linear" in finding.message
     assert "training=self.training" in finding.hint
 
