@@ -2,48 +2,85 @@
 
 A copy of each model is trained on one batch with the setup's loss and optimizer (the
 reference CrossEntropyLoss and Adam 1e-3 unless the file defines torchdoctor_loss() /
-torchdoctor_optimizer()), for at most 200 steps. When it cannot fit the batch, the
-check says why: every parameter frozen, parameters that get no gradient although
-their module runs (a `.detach()` or `torch.no_grad()` in forward), parameters missing
-from the optimizer, a learning rate far too small, a final ReLU/Softmax/Sigmoid that
-keeps CrossEntropyLoss's logits non-negative, an initial loss far from ln(classes).
+torchdoctor_optimizer()) by :mod:`torchdoctor.diagnoses.overfit`'s loop, the one
+``assert_overfits_batch`` uses (its step budget and target). When it cannot fit the
+batch, the check says why (:mod:`torchdoctor.diagnoses.anatomy`): every parameter
+frozen, parameters that get no gradient although their module runs (a `.detach()` or
+`torch.no_grad()` in forward), parameters missing from the optimizer, a learning rate
+far too small, a final ReLU/Softmax/Sigmoid that keeps CrossEntropyLoss's logits
+non-negative, an initial loss far from ln(classes).
 Model mode only: a script's fast run is too short to judge convergence.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torchdoctor.check import Check, SkipCheck
+from torchdoctor.diagnoses import overfit, parameters
 from torchdoctor.diagnoses.wording import name_list
 from torchdoctor.findings import Finding
 
 if TYPE_CHECKING:
+    from torchdoctor.diagnoses.anatomy import Anatomy
+    from torchdoctor.diagnoses.overfit import Fit
     from torchdoctor.engine.context import CheckContext, ModelCandidate
 
-    from ._overfit_one_batch_impl import Anatomy, Examination, Fit
-
-#: the most seconds spent training one model (a slow model is reported, not judged)
-BUDGET_SECONDS = 15.0
-_NAMES_SHOWN = 4
 #: on a synthetic task, a best loss below this share of the first one is partial success
 _PARTLY = 0.5
 #: a learning rate below this cannot fit a batch in a few hundred steps
 _TINY_LR = 1e-5
 
 
+@dataclass
+class Examination:
+    """Anatomy and fit of one candidate."""
+
+    anatomy: Anatomy
+    fit: Fit | None
+    batch_size: int | None
+    #: the exception training the copy raised (the user's optimizer hook...), if any
+    error: str = ""
+
+
+def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Examination | None:
+    """Examine and train a copy of ``candidate``; None when the setup's batch does not
+    run through it (shape-mismatch and device-mismatch say why)."""
+    from torchdoctor.diagnoses.anatomy import anatomy_of, probe
+    from torchdoctor.tensors import first_tensor
+
+    setup = ctx.training_setup(candidate)
+    model = ctx.fresh_model(candidate)
+    batch = setup.batch(ctx.options.device)
+    loss_fn = setup.make_loss()
+    optimizer = setup.make_optimizer(model.parameters())
+    try:
+        seen = probe(model, batch, loss_fn)
+    except Exception:  # the user's model or loss does not take the batch: skipped
+        return None
+    anatomy = anatomy_of(model, seen, loss_fn, optimizer, candidate.name, batch[0])
+    first = first_tensor(batch[0])
+    size = int(first.shape[0]) if first is not None and first.dim() else None
+    if not (anatomy.trainable and anatomy.loss_has_grad):
+        return Examination(anatomy, None, size)
+    try:
+        fit = overfit.fit_one_batch(model, batch, loss_fn, optimizer, budget=budget)
+    except Exception as exc:  # the user's code raised: report it, do not crash the check
+        return Examination(anatomy, None, size, f"{type(exc).__name__}: {exc}")
+    return Examination(anatomy, fit, size)
+
+
 class OverfitOneBatchCheck(Check):
     """A copy of the model must be able to fit one batch; if not, the reason."""
 
-    id = "overfit-one-batch"
+    id = overfit.FINDING_ID
     summary = "a copy must fit one batch: no gradient, frozen, not in optimizer, tiny lr..."
 
     def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
         """Examine and train a copy of the candidate on one batch."""
-        from ._overfit_one_batch_impl import examine
-
-        found = examine(ctx, candidate, min(BUDGET_SECONDS, ctx.options.timeout / 4))
+        found = examine(ctx, candidate, min(overfit.BUDGET_SECONDS, ctx.options.timeout / 4))
         if found is None:
             raise SkipCheck("the batch does not run through the model (see shape-mismatch)")
         verdict = _Verdict(self, candidate.name, found)
@@ -62,6 +99,7 @@ class _Verdict:
         self.fitted = found.fit is not None and found.fit.converged
         self.outcome = "" if found.fit is None else found.fit.describe(found.batch_size)
         self.error = found.error
+        self.batch_size = found.batch_size
         #: trained on a synthetic task (torchdoctor's guess, not the user's data)
         self.synthetic = False
 
@@ -75,9 +113,9 @@ class _Verdict:
                 hint="call `requires_grad_(True)` on the layers to train")]
         if not a.loss_has_grad:
             return [self.check.error(
-                f"{self.name}: the loss does not depend on any trainable parameter: the "
-                "output is detached or computed under `torch.no_grad()` in forward",
-                location=f"{self.name}: forward", hint=_CUT_HINT)]
+                f"{self.name}: {parameters.NO_GRAPH_PHRASE}: the output is detached or "
+                "computed under `torch.no_grad()` in forward",
+                location=f"{self.name}: forward", hint=parameters.NO_GRAPH_HINT)]
         found = self._structural() + self._initial_loss()
         if self.error:
             found.append(self.check.info(
@@ -99,11 +137,9 @@ class _Verdict:
         if a.cut:
             module = a.cut_module.describe() if a.cut_module else "forward"
             found.append(self.check.error(
-                f"{self.name}: {_names(a.cut)} get no gradient although they require one "
-                f"and {module} runs: the forward cuts the graph after it (or its output "
-                "never reaches the loss)"
-                f"{self._outcome()}", location=a.cut_line or f"{self.name}: {module}",
-                hint=_CUT_HINT))
+                f"{self.name}: {parameters.cut_phrase(a.cut, module)}{self._outcome()}",
+                location=a.cut_line or f"{self.name}: {module}",
+                hint=parameters.NO_GRADIENT_HINT))
         if a.final is not None:
             found.append(self.check.error(
                 f"{self.name}: the model's last operation is {a.final.name}, so the logits "
@@ -119,16 +155,15 @@ class _Verdict:
         found = []
         if a.frozen:
             found.append(self.check.error(
-                f"{self.name} cannot fit one batch ({self.outcome}) and {_names(a.frozen)} "
-                "are frozen (requires_grad=False)", location=f"{self.name}: {a.frozen[0]}",
-                hint="unfreeze them (`requires_grad_(True)`), or train longer if the frozen "
-                "part is a pretrained backbone"))
+                f"{self.name} cannot fit one batch ({self.outcome}) and "
+                f"{parameters.frozen_phrase(a.frozen)}", location=f"{self.name}: {a.frozen[0]}",
+                hint=parameters.FROZEN_HINT))
         if a.not_in_optimizer:
             found.append(self.check.error(
-                f"{self.name} cannot fit one batch ({self.outcome}): the optimizer does not "
-                f"hold {_names(a.not_in_optimizer)}, so they get gradients but never change",
+                f"{self.name} cannot fit one batch ({self.outcome}): "
+                f"{parameters.not_held_phrase(a.not_in_optimizer)}",
                 location=f"{self.name}: {a.not_in_optimizer[0]}",
-                hint="build the optimizer over all of them: `Adam(model.parameters())`"))
+                hint=parameters.NOT_IN_OPTIMIZER_HINT))
         found += self._lr_reasons(fit)
         if not found and not a.cut and a.final is None:
             found.append(self._unexplained(fit))
@@ -136,12 +171,10 @@ class _Verdict:
 
     def _lr_reasons(self, fit: Fit) -> list[Finding]:
         a = self.anatomy
-        if not fit.finite or fit.losses[-1] > 1.5 * fit.initial:
-            return [self.check.error(
-                f"{self.name}: the loss diverges while fitting one batch ({fit.initial:.3g} "
-                f"-> {fit.losses[-1]:.3g}) with {a.optimizer} lr {a.lr:g}",
-                location=f"{self.name}: {a.optimizer}", hint="lower the learning rate "
-                "(1e-3 for Adam), or clip gradients")]
+        blew_up = overfit.diverged(self.name, fit, self._optimizer())
+        if blew_up is not None:
+            return [self.check.error(blew_up, location=f"{self.name}: {a.optimizer}",
+                                     hint=overfit.DIVERGED_HINT)]
         if a.lr is not None and a.lr < _TINY_LR:
             return [self.check.error(
                 f"{self.name}: the learning rate {a.lr:g} is far too small: {self.outcome}",
@@ -154,25 +187,21 @@ class _Verdict:
         if fit.out_of_time:
             return self.check.info(
                 f"{self.name}: training one batch did not finish within "
-                f"{BUDGET_SECONDS:g} s ({self.outcome}); not judged",
+                f"{overfit.BUDGET_SECONDS:g} s ({self.outcome}); not judged",
                 location=f"{self.name}: <model>", hint="run with a smaller model or batch")
         if fit.still_falling:
             return self.check.warning(
-                f"{self.name} fits one batch only slowly ({self.outcome}, still falling) with "
-                f"{a.optimizer} lr {a.lr:g}", location=f"{self.name}: {a.optimizer}",
-                hint="raise the learning rate, or use Adam 1e-3 (SGD: add momentum=0.9)")
+                overfit.slowly(self.name, fit, self._optimizer(), self.batch_size),
+                location=f"{self.name}: {a.optimizer}", hint=overfit.SLOW_HINT)
         if self.synthetic and fit.best < _PARTLY * fit.initial:
             # a guessed task half fitted, with no structural cause: not proof of a bug
             return self.check.warning(
                 f"{self.name} fits one synthetic batch only partly ({self.outcome}) with "
-                f"{a.optimizer} lr {a.lr:g}", location=f"{self.name}: <model>",
+                f"{self._optimizer()}", location=f"{self.name}: <model>",
                 hint="define torchdoctor_batch() and torchdoctor_loss() to judge it on "
                 "real data; a higher learning rate or less dropout may fit it")
-        return self.check.error(
-            f"{self.name} cannot fit one batch: {self.outcome}, stuck at "
-            f"{fit.losses[-1]:.3g}", location=f"{self.name}: <model>",
-            hint="check that the loss gets the raw model output and the matching targets, "
-            "that forward uses every layer it should, and try Adam with lr=1e-3")
+        return self.check.error(overfit.cannot_fit(self.name, fit, self.batch_size),
+                                location=f"{self.name}: <model>", hint=overfit.CANNOT_FIT_HINT)
 
     def _initial_loss(self) -> list[Finding]:
         """The first loss against ln(classes): far above means oversized logits."""
@@ -195,14 +224,13 @@ class _Verdict:
         a, found = self.anatomy, []
         if a.frozen:
             found.append(self.check.info(
-                f"{self.name}: {_names(a.frozen)} are frozen (requires_grad=False); the rest "
-                "fits one batch, fine if intended", location=f"{self.name}: {a.frozen[0]}"))
+                f"{self.name}: {parameters.frozen_phrase(a.frozen)}; the rest fits one "
+                "batch, fine if intended", location=f"{self.name}: {a.frozen[0]}"))
         if a.not_in_optimizer:
             found.append(self.check.info(
-                f"{self.name}: the optimizer does not hold {_names(a.not_in_optimizer)}, so "
-                "they never change; fine if intended", location=f"{self.name}: "
-                f"{a.not_in_optimizer[0]}", hint="freeze them explicitly with "
-                "`requires_grad_(False)` to save their gradients"))
+                f"{self.name}: {parameters.not_held_phrase(a.not_in_optimizer)}; fine if "
+                "intended", location=f"{self.name}: {a.not_in_optimizer[0]}",
+                hint=parameters.NOT_IN_OPTIMIZER_HINT))
         if a.unused:
             found.append(self.check.info(
                 f"{self.name}: {name_list(a.unused)} are never used in forward",
@@ -210,16 +238,12 @@ class _Verdict:
                 hint="remove the unused layers, or call them in forward"))
         return found
 
+    def _optimizer(self) -> str:
+        a = self.anatomy
+        return f"{a.optimizer} lr {a.lr:g}" if a.lr is not None else a.optimizer
+
     def _outcome(self) -> str:
         if self.fit is None:
             return ""
         verdict = "it still fits one batch" if self.fitted else "it cannot fit one batch"
         return f" ({verdict}: {self.outcome})"
-
-
-_CUT_HINT = ("remove the `.detach()` / `torch.no_grad()` / `.item()` in forward; to freeze "
-             "layers on purpose use `layer.requires_grad_(False)`")
-
-
-def _names(names: list[str]) -> str:
-    return name_list(names, _NAMES_SHOWN)

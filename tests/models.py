@@ -66,3 +66,25 @@ class Noisy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.randn_like(x)
+
+
+class FunctionalDropout(nn.Module):
+    """Tabular (20 features, 4 classes) with ``F.dropout`` called without
+    ``training=self.training``: still random after ``eval()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(20, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.dropout(self.fc1(x), 0.5))  # bug: no training=
+
+
+def functional_dropout_line() -> str:
+    """``path:line`` of the dropout call in :class:`FunctionalDropout`'s forward."""
+    import inspect
+
+    source, first = inspect.getsourcelines(FunctionalDropout.forward)
+    offset = next(i for i, code in enumerate(source) if "dropout(" in code)
+    return f"models.py:{first + offset}"

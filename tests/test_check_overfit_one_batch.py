@@ -16,8 +16,7 @@ from torch import nn
 from tests.helpers import assert_ran_quiet
 from tests.models import image_mlp
 from torchdoctor.check import SkipCheck
-from torchdoctor.checks._overfit_one_batch_impl import examine
-from torchdoctor.checks.overfit_one_batch import OverfitOneBatchCheck
+from torchdoctor.checks.overfit_one_batch import OverfitOneBatchCheck, examine
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate
 from torchdoctor.engine.runner import diagnose, diagnose_model
 from torchdoctor.findings import Finding, Report, Severity
@@ -137,9 +136,9 @@ def test_unfitted_model_with_no_known_cause_is_an_error() -> None:
 
 
 def test_slow_model_is_not_judged_past_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    from torchdoctor.checks import overfit_one_batch
+    from torchdoctor.diagnoses import overfit
 
-    monkeypatch.setattr(overfit_one_batch, "BUDGET_SECONDS", 0.0)
+    monkeypatch.setattr(overfit, "BUDGET_SECONDS", 0.0)
     found = _check(_mlp())
     assert [f.severity for f in found] == [Severity.INFO]
     assert "did not finish" in found[0].message and "in 1 step on" in found[0].message

@@ -40,7 +40,7 @@ def _outcome(check_id: str) -> tuple[Outcome, str]:
 
 
 @pytest.mark.parametrize(("check_id", "target"), [
-    ("overfit-one-batch", "torchdoctor.checks._overfit_one_batch_impl._sort_parameters"),
+    ("overfit-one-batch", "torchdoctor.diagnoses.anatomy._sort_parameters"),
     ("loss-function", "torchdoctor.diagnoses.final_layer._functional_on_return"),
 ])
 def test_a_bug_in_a_checks_own_analysis_is_crashed(check_id: str, target: str,

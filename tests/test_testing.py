@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.models import Noisy, image_mlp, tabular_mlp
+from tests.models import (
+    FunctionalDropout,
+    Noisy,
+    functional_dropout_line,
+    image_mlp,
+    tabular_mlp,
+)
 from torchdoctor.findings import Report, Severity
 from torchdoctor.testing import (
     TorchDoctorAssertionError,
@@ -148,7 +154,8 @@ def test_params_update_explains_a_detached_loss(batch: tuple) -> None:
 
     error = failure(assert_params_update, mlp(), batch, detached_loss)
     assert len(error.findings) == 4
-    assert "the loss does not require grad" in text(error)
+    assert "the loss does not depend on any trainable parameter" in text(error)
+    assert {f.check for f in error.findings} == {"no-gradient"}  # as watch() says it
 
 
 class ZeroedHead(WithUnusedLayer):
@@ -187,9 +194,9 @@ def test_overfits_batch_fails_with_softmax_before_cross_entropy(batch: tuple) ->
     model = nn.Sequential(mlp(), nn.Softmax(dim=1))
     error = failure(assert_overfits_batch, model, batch, optimizer_factory=fast_adam,
                     steps=40)
-    assert "could not overfit one batch" in text(error)
+    assert "the model cannot fit one batch" in text(error)
     assert "loss by step: 0:" in str(error)
-    assert error.findings[0].check == "overfit-batch"
+    assert error.findings[0].check == "overfit-one-batch"  # the check's id and words
 
 
 def test_overfits_batch_reports_parameters_that_never_update(batch: tuple) -> None:
@@ -244,9 +251,16 @@ def test_no_grad_leak_passes_for_zeroing_and_accumulating_steps(batch: tuple) ->
 def test_no_grad_leak_names_the_parameters_that_carry_gradients(batch: tuple) -> None:
     error = failure(assert_no_grad_leak, mlp(), leaking_step, batch, steps=2)
     assert len(error.findings) == 1
-    assert set(error.findings[0].location.split(", ")) == {"0.weight", "0.bias", "2.weight",
-                                                           "2.bias"}
-    assert "zero_grad() is missing" in text(error)
+    finding = error.findings[0]
+    # the same finding as `torchdoctor check` and watch(): id, words, the step() line
+    assert finding.check == "missing-zero-grad"
+    step_line = leaking_step.__code__.co_firstlineno + 3
+    assert finding.location.endswith(f"test_testing.py:{step_line}")
+    shown = finding.message.rpartition("(")[2]  # names in backward order, then "1 more"
+    assert shown.endswith(" and 1 more)")
+    names = shown.removesuffix(" and 1 more)").split(", ")
+    assert len(names) == 3 and set(names) < {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert "optimizer.zero_grad() is never called between steps of SGD" in text(error)
     assert "in 2 calls of leaking_step" in text(error)
 
 
@@ -301,16 +315,6 @@ def test_valid_batch_passes_and_fails_on_raw_pixels_and_bad_labels() -> None:
 # ---------------------------------------------------------------- assert_eval_deterministic
 
 
-class FunctionalDropout(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(20, 16)
-        self.fc2 = nn.Linear(16, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.dropout(self.fc1(x), 0.5))  # bug: training=self.training missing
-
-
 def test_eval_deterministic_passes_with_dropout_modules(batch: tuple) -> None:
     model = nn.Sequential(nn.Linear(20, 16), nn.Dropout(0.5), nn.Linear(16, 4))
     rng = torch.get_rng_state()
@@ -321,7 +325,8 @@ def test_eval_deterministic_passes_with_dropout_modules(batch: tuple) -> None:
 def test_eval_deterministic_names_the_forward_code_calling_f_dropout(batch: tuple) -> None:
     error = failure(assert_eval_deterministic, FunctionalDropout(), batch[0])
     finding = error.findings[0]
-    assert finding.location == "<model> (FunctionalDropout)"
+    assert finding.check == "eval-mode"  # the check's id, words and location
+    assert finding.location.endswith(functional_dropout_line())
     assert "the input of fc2 (Linear" in finding.message
     assert "training=self.training" in finding.hint
 

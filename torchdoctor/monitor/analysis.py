@@ -12,10 +12,9 @@ from collections import deque
 from dataclasses import dataclass
 from statistics import fmean
 
-from torchdoctor.diagnoses.wording import name_list
+from torchdoctor.diagnoses import parameters
 from torchdoctor.findings import Finding, Severity
 from torchdoctor.monitor.stats import ParamLayout, Window
-from torchdoctor.scriptrun.observations import CarriedGradRecord
 
 
 @dataclass(frozen=True)
@@ -228,33 +227,9 @@ class LossTrend:
 
 def no_gradient_finding(layout: ParamLayout, peak: list[float] | None,
                         steps: int) -> Finding | None:
-    """Parameters of the optimizer whose gradient was missing or zero at every step."""
-    if peak is None or steps == 0:
+    """Parameters of the optimizer whose gradient was missing or zero at every step (the
+    finding of :mod:`torchdoctor.diagnoses.parameters`)."""
+    if peak is None:
         return None
     names = [name for name, value in zip(layout.names, peak) if value == 0]
-    if not names:
-        return None
-    everything = len(names) == len(layout.names)
-    shown = name_list(names, 6)
-    message = (f"no parameter received a gradient in {steps} step(s)" if everything else
-               f"{len(names)} parameter(s) never received a gradient in {steps} step(s): "
-               f"{shown}")
-    hint = ("call loss.backward() before optimizer.step()" if everything else
-            "they are unused in forward, or the graph is cut (.detach(), .item(), .data, "
-            "torch.no_grad): fix the forward, or freeze them (requires_grad_(False)) and "
-            "leave them out of the optimizer")
-    severity = Severity.ERROR if everything else Severity.WARNING
-    return _finding("no-gradient", severity, message, names[0], hint)
-
-
-def carry_findings(records: list[CarriedGradRecord]) -> list[Finding]:
-    """Gradients carried into the next step (records of the GradCarryDetector)."""
-    return [_finding(
-        "missing-zero-grad", Severity.ERROR,
-        f"gradients from before optimizer step {r.step_index} were still there when the "
-        f"next backward pass added to them ({', '.join(r.params[:4])}"
-        f"{' ...' if len(r.params) > 4 else ''}): zero_grad is missing",
-        r.params[0] if r.params else "",
-        "call optimizer.zero_grad() once per step, before loss.backward() (to "
-        "accumulate over N batches, call step() and zero_grad() every N batches)")
-        for r in records]
+    return parameters.no_gradient_finding(names, len(names) == len(layout.names), steps)

@@ -1,34 +1,21 @@
 """Train/eval mode at each forward, and parameters the optimizer does not hold.
 
 Both are pure Python over flags torch already keeps (``module.training``,
-``torch.is_grad_enabled()``) and over parameter identities: no tensor op, no sync.
+``torch.is_grad_enabled()``) and over parameter identities: no tensor op, no sync. The
+findings, their ids and words are :mod:`torchdoctor.diagnoses.eval_mode`'s and
+:mod:`torchdoctor.diagnoses.parameters`'s, as in ``torchdoctor check``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.dropout import _DropoutNd
-from torch.nn.modules.instancenorm import _InstanceNorm
 
-from torchdoctor.diagnoses.wording import name_list
-from torchdoctor.findings import Finding, Severity
+from torchdoctor.diagnoses import eval_mode, parameters
+from torchdoctor.diagnoses.eval_mode import mode_sensitive
+from torchdoctor.findings import Finding
 
-#: module types whose forward depends on ``training``
-MODE_SENSITIVE: tuple[type[nn.Module], ...] = (_DropoutNd, _BatchNorm, _InstanceNorm)
-
-
-def mode_sensitive(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The submodules whose behaviour changes with train()/eval() (instance norm only
-    when it tracks running statistics)."""
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, _InstanceNorm) and not module.track_running_stats:
-            continue
-        if isinstance(module, MODE_SENSITIVE):
-            found.append((name, module))
-    return found
+__all__ = ["ModeWatch", "mode_sensitive", "not_in_optimizer"]
 
 
 class ModeWatch:
@@ -42,7 +29,8 @@ class ModeWatch:
 
     def on_forward(self, grad_enabled: bool) -> Finding | None:
         """Called at each forward of the model: a finding when it evaluates (no grad)
-        with dropout/batch norm still in training mode."""
+        with dropout/batch norm still in training mode. Only a warning: a forward under
+        no_grad in training mode may be on purpose (a teacher, a statistic)."""
         self.forwards += 1
         if not self.sensitive:
             return None
@@ -50,8 +38,11 @@ class ModeWatch:
             if not self.model.training:
                 self._eval_forward_since_step = True
             return None
-        if self.model.training and self._active_names():
-            return _eval_in_train_mode(self._active_names())
+        active = self._active_names()
+        if self.model.training and active:
+            return eval_mode.evaluated_in_train_mode(
+                "the model", "a forward under `torch.no_grad()` ran with "
+                "`model.training == True`", active, location="model.train()", certain=False)
         return None
 
     def on_step(self) -> Finding | None:
@@ -60,46 +51,19 @@ class ModeWatch:
         eval_forward, self._eval_forward_since_step = self._eval_forward_since_step, False
         if not eval_forward or self._active_names():
             return None
-        names = [name for name, _ in self.sensitive]
-        shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
-        return Finding(
-            "eval-mode", Severity.ERROR,
-            f"the optimizer stepped after a forward in eval mode: {shown} behave as in "
-            "evaluation (dropout off, batch norm using running statistics)", "model.eval()",
-            "call model.train() when training resumes after evaluation")
+        return eval_mode.trained_in_eval_mode(
+            "the model", "the optimizer stepped after a forward with "
+            "`model.training == False`", [name for name, _ in self.sensitive],
+            location="model.eval()", resumed=False)
 
     def _active_names(self) -> list[str]:
         return [name for name, module in self.sensitive if module.training]
 
 
-def _eval_in_train_mode(names: list[str]) -> Finding:
-    shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
-    return Finding(
-        "eval-mode", Severity.WARNING,
-        f"the model ran a forward under torch.no_grad() in training mode: {shown} still "
-        "apply dropout / update batch-norm statistics (evaluating in training mode)",
-        "model.train()",
-        "call model.eval() before evaluating (and model.train() after)")
-
-
 def not_in_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer,
                      names: dict[int, str]) -> Finding | None:
-    """Trainable parameters of ``model`` that no param_group of ``optimizer`` holds."""
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    missing = [names.get(id(p), "?") for p in trainable if id(p) not in held]
-    if not missing:
-        return None
-    shown = name_list(missing, 6)
-    if len(missing) == len(trainable):
-        return Finding(
-            "not-in-optimizer", Severity.ERROR,
-            "the optimizer holds none of the model's parameters (was it built on another "
-            "model, or on a copy?)", type(model).__name__,
-            "build the optimizer on this model: torch.optim.Adam(model.parameters(), ...)")
-    return Finding(
-        "not-in-optimizer", Severity.WARNING,
-        f"{len(missing)} trainable parameter(s) are in no optimizer param_group and will "
-        f"never be updated: {shown}", missing[0],
-        "add them to the optimizer (optimizer.add_param_group or build it after the model "
-        "is complete), or freeze them with requires_grad_(False)")
+    """Trainable parameters of ``model`` that no param_group of ``optimizer`` holds (the
+    finding of :mod:`torchdoctor.diagnoses.parameters`)."""
+    trainable = [(names.get(id(p), "?"), p) for p in model.parameters() if p.requires_grad]
+    missing = parameters.not_in_optimizer(trainable, optimizer)
+    return parameters.not_in_optimizer_finding(missing, len(trainable), type(model).__name__)

@@ -28,12 +28,9 @@ import torch
 from torch import nn
 
 from torchdoctor.diagnoses.gradcarry import GradCarryDetector
+from torchdoctor.diagnoses.zero_grad import carried_grad_finding
 from torchdoctor.findings import Finding, Report
-from torchdoctor.monitor.analysis import (
-    NonFiniteEvent,
-    Thresholds,
-    carry_findings,
-)
+from torchdoctor.monitor.analysis import NonFiniteEvent, Thresholds
 from torchdoctor.monitor.hooks import (
     all_reduce_sum,
     forward_hook,
@@ -365,7 +362,7 @@ class Watch:
         self._carry.flush()
         records, self._carry_seen = self._carry.records[self._carry_seen:], \
             len(self._carry.records)
-        return carry_findings(records)
+        return [carried_grad_finding(record) for record in records]
 
     def _lrs(self) -> list[float | None]:
         return [number(group.get("lr")) for group in self.optimizer.param_groups]

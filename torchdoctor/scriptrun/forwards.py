@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses.eval_mode import mode_sensitive
 from torchdoctor.scriptrun.budget import PhaseTimer
 from torchdoctor.scriptrun.callsite import user_callsite
 from torchdoctor.scriptrun.observations import (
@@ -27,10 +28,6 @@ from torchdoctor.scriptrun.observations import (
 from torchdoctor.scriptrun.patches import RunLink
 from torchdoctor.scriptrun.progress import RunProgress, bookkeeping
 from torchdoctor.tensors import deepcopy_module, first_tensor, iter_tensors, shape_only, summarize
-
-#: module types whose behaviour depends on ``training``
-MODE_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm,
-                  nn.modules.instancenorm._InstanceNorm)
 
 _MAX_INPUTS = 4  # tensor inputs summarised per forward
 
@@ -130,8 +127,7 @@ class ForwardRecorder:
         prefix = f"{type(module).__name__}." if index else ""
         self._param_names.update({id(p): prefix + name for name, p in params})
         self._qualnames.update({id(m): name for name, m in module.named_modules()})
-        sensitive = [name or "<model>" for name, m in module.named_modules()
-                     if isinstance(m, MODE_SENSITIVE)]
+        sensitive = [name or "<model>" for name, _ in mode_sensitive(module)]
         self.run.models.append(ObservedModel(
             index=index, type_name=type(module).__name__, location=user_callsite(),
             mode_sensitive=sensitive, parameter_count=sum(p.numel() for _, p in params)))

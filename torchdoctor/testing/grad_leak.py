@@ -1,5 +1,9 @@
 """``assert_no_grad_leak``: gradients carried over between optimizer steps by the
-user's own step function (a missing or misplaced ``optimizer.zero_grad()``)."""
+user's own step function (a missing or misplaced ``optimizer.zero_grad()``).
+
+Detection and words are those of ``torchdoctor check`` and ``watch()``
+(:mod:`torchdoctor.diagnoses.zero_grad`): the findings have the id
+``missing-zero-grad`` and point at the ``optimizer.step()`` line of ``train_step``."""
 
 from __future__ import annotations
 
@@ -9,28 +13,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses import zero_grad
 from torchdoctor.engine.state import preserved_state
-from torchdoctor.findings import Finding
-from torchdoctor.testing.errors import error, fail
+from torchdoctor.testing.errors import fail
 from torchdoctor.testing.trial import OptimizerSpec, batch_for, make_trial, sgd
 
 if TYPE_CHECKING:
-    from torchdoctor.diagnoses.gradcarry import CarriedGradRecord
-
-_HINT = ("call optimizer.zero_grad() once per step, before loss.backward() (or right "
-         "after optimizer.step()); with gradient accumulation, zero right after "
-         "each optimizer.step()")
-
-
-def _carry_findings(records: list[CarriedGradRecord]) -> list[Finding]:
-    findings = []
-    for record in records:
-        names = ", ".join(record.params[:6]) + (" ..." if len(record.params) > 6 else "")
-        message = (f"gradients from optimizer step {record.step_index} "
-                   f"({record.optimizer_type}) were still in .grad when the next backward "
-                   f"pass added to them: zero_grad() is missing or clears something else")
-        findings.append(error("grad-leak", message, names, _HINT))
-    return findings
+    from torchdoctor.scriptrun.observations import CarriedGradRecord
 
 
 def assert_no_grad_leak(model: nn.Module, train_step: Callable[..., Any], batch: Any,
@@ -54,7 +43,8 @@ def assert_no_grad_leak(model: nn.Module, train_step: Callable[..., Any], batch:
     if not stepped:
         fail("train_step(model, optimizer, batch) never called optimizer.step() on the "
              "optimizer it was given, so no gradient leak can be judged")
-    findings = _carry_findings(records)
+    findings = [zero_grad.carried_grad_finding(record)
+                for record in zero_grad.first_per_optimizer(records)]
     if findings:
         fail(f"gradients carried over between optimizer steps in {steps} calls of "
              f"{getattr(train_step, '__name__', 'train_step')}", findings)
@@ -67,6 +57,7 @@ def _watched_steps(trial: nn.Module, opt: torch.optim.Optimizer,
     ``opt.step()`` ran, the detector's records). Its hooks are removed before returning."""
     __tracebackhide__ = True  # an exception of train_step shows the user's frames only
     from torchdoctor.diagnoses.gradcarry import GradCarryDetector
+    from torchdoctor.scriptrun.callsite import user_callsite
 
     names = {id(p): n for n, p in trial.named_parameters()}
     detector = GradCarryDetector(name_of=lambda p: names.get(id(p), "parameter"))
@@ -75,7 +66,7 @@ def _watched_steps(trial: nn.Module, opt: torch.optim.Optimizer,
 
     def after_step(stepped_optimizer: Any, _args: Any, _kwargs: Any) -> None:
         stepped.append(1)
-        detector.note_step(stepped_optimizer)
+        detector.note_step(stepped_optimizer, user_callsite())  # the step() line
 
     handle = opt.register_step_post_hook(after_step)
     try:

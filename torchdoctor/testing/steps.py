@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses import parameters
 from torchdoctor.findings import Finding
 from torchdoctor.reference.trainer import forward
 from torchdoctor.testing.describe import shape_text, where
@@ -58,14 +59,9 @@ def one_step(model: nn.Module, batch: Any, loss_fn: LossFn | None,
 
 
 _STALE_HINTS = {
-    "no-graph": "the loss is not connected to any parameter: do not compute it under "
-                "torch.no_grad(), from .detach()/.item()/.numpy() values, or from "
-                "tensors rebuilt with torch.tensor(...)",
-    "not-in-optimizer": "build the optimizer from model.parameters() after the model is "
-                        "complete (layers added or replaced later are not in it)",
-    "no-grad": "make the parameter take part in computing the loss: use the layer in "
-               "forward() and do not .detach() its output; if it should stay fixed, "
-               "freeze it with requires_grad_(False)",
+    "no-graph": parameters.NO_GRAPH_HINT,
+    "not-in-optimizer": parameters.NOT_IN_OPTIMIZER_HINT,
+    "no-grad": parameters.NO_GRADIENT_HINT,
     "zero-grad": "the loss does not depend on it here: dead ReLUs (all pre-activations "
                  "negative), a zero-initialised layer after it, masking, or an unused "
                  "output branch",
@@ -75,13 +71,21 @@ _STALE_HINTS = {
                  "the learning rate of its parameter group (0, or too small for the "
                  "parameter's magnitude)",
 }
+#: the finding id of each reason, where it is a bug class of its own (the same id as
+#: watch() reports); other reasons keep the id of the helper that found them
+_STALE_IDS = {
+    "no-graph": parameters.NO_GRADIENT_ID,
+    "not-in-optimizer": parameters.NOT_IN_OPTIMIZER_ID,
+    "no-grad": parameters.NO_GRADIENT_ID,
+    "zero-grad": parameters.NO_GRADIENT_ID,
+}
 
 
 def _stale_reason(step: StepResult, name: str) -> tuple[str, str]:
     """Why parameter ``name`` did not change: (kind, sentence)."""
     grad = step.grads[name]
     if not step.loss_has_graph:
-        return "no-graph", "the loss does not require grad, so no gradient reached it"
+        return "no-graph", f"{parameters.NO_GRAPH_PHRASE}, so no gradient reached it"
     if name not in step.optimized:
         return "not-in-optimizer", "it is not in the optimizer's param_groups"
     if grad is None:
@@ -106,12 +110,13 @@ def _stale_message(step: StepResult, name: str, old: torch.Tensor) -> tuple[str,
 
 
 def stale_findings(step: StepResult, check: str) -> list[Finding]:
-    """An error finding (of helper ``check``) for each parameter the step did not update
-    through its gradient."""
+    """An error finding for each parameter the step did not update through its gradient:
+    ``not-in-optimizer`` or ``no-gradient`` when that is why, else of helper ``check``."""
     findings = []
     for name, old in step.before.items():
         stale = _stale_message(step, name, old)
         if stale is not None:
             message, kind = stale
-            findings.append(error(check, message, where(step.model, name), _STALE_HINTS[kind]))
+            findings.append(error(_STALE_IDS.get(kind, check), message,
+                                  where(step.model, name), _STALE_HINTS[kind]))
     return findings

@@ -3,15 +3,16 @@ and ``assert_overfits_batch`` (a copy memorises one batch)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from torchdoctor.diagnoses import overfit
+from torchdoctor.diagnoses.overfit import Fit
 from torchdoctor.engine.state import preserved_state
 from torchdoctor.findings import Finding
-from torchdoctor.reference.trainer import forward, train_steps
+from torchdoctor.reference.trainer import forward
 from torchdoctor.testing.errors import error, fail
 from torchdoctor.testing.steps import one_step, stale_findings
 from torchdoctor.testing.trial import (
@@ -26,9 +27,10 @@ from torchdoctor.testing.trial import (
     split_batch,
 )
 
-#: assert_overfits_batch passes once the loss is below this fraction of its first value
-OVERFIT_RATIO = 0.05
-OVERFIT_STEPS = 300
+#: assert_overfits_batch's default target: this fraction of the first loss (or 0.05)
+OVERFIT_RATIO = overfit.RELATIVE_TARGET
+#: assert_overfits_batch's default step budget: the overfit-one-batch check's
+OVERFIT_STEPS = overfit.MAX_STEPS
 
 
 def assert_params_update(model: nn.Module, batch: Any, loss_fn: LossFn | None = None,
@@ -63,44 +65,27 @@ def _default_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def _curve(losses: list[float]) -> str:
-    """A few points of the loss curve: ``step 0: 2.30, step 75: 1.20, ...``."""
-    picks = sorted({0, *(len(losses) * k // 4 for k in (1, 2, 3)), len(losses) - 1})
-    return "loss by step: " + ", ".join(f"{i}: {losses[i]:.4g}" for i in picks)
+def _overfit_findings(fit: Fit, steps: int) -> list[Finding]:
+    """The check's words for a copy that did not fit (one more hint: raise ``steps``)."""
+    blew_up = overfit.diverged("the model", fit, "the optimizer")
+    if blew_up is not None:
+        return [error(overfit.FINDING_ID, blew_up, "loss", overfit.DIVERGED_HINT)]
+    hint = (f"{overfit.CANNOT_FIT_HINT}; or raise steps= for a larger model (ran {steps})")
+    return [error(overfit.FINDING_ID, overfit.cannot_fit("the model", fit), "loss", hint)]
 
 
-def _overfit_findings(losses: list[float], target: float, steps: int) -> list[Finding]:
-    bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
-    if bad is not None:
-        return [error("overfit-batch", f"the loss became {losses[bad]} at step {bad}",
-                      "loss", "lower the learning rate or clip gradients; find where "
-                      "NaN/inf starts with torchdoctor.hooks.NonFiniteTracer")]
-    message = (f"could not overfit one batch: the loss went from {losses[0]:.4g} to "
-               f"{losses[-1]:.4g} (best {min(losses):.4g}) in {len(losses)} steps, "
-               f"target < {target:.4g}")
-    hint = ("a model that cannot memorise a single batch has a bug: the loss input "
-            "(softmax before CrossEntropyLoss?), targets that do not match the outputs, "
-            "frozen or detached layers, a learning rate far off; or raise steps= for "
-            f"a larger model (ran {steps})")
-    return [error("overfit-batch", message, "loss", hint)]
-
-
-def _overfit_losses(model: nn.Module, batch: Any, loss_fn: LossFn | None,
-                    optimizer_factory: OptimizerFactory | None, steps: int,
-                    threshold: float | None) -> tuple[list[float], float]:
-    """Train a copy on ``batch`` until the loss is below the target; (losses, target).
-    No losses when the loss is not connected to any trainable parameter."""
+def _fit_copy(model: nn.Module, batch: Any, loss_fn: LossFn | None,
+              optimizer_factory: OptimizerFactory | None, steps: int,
+              threshold: float | None) -> Fit | None:
+    """Train a copy on ``batch`` with the check's loop; None when the loss is not
+    connected to any trainable parameter."""
     trial, opt = make_trial(model, optimizer_factory, adam)
     inputs, targets = split_batch(batch_for(trial, batch))
     loss = loss_fn or default_loss
     if not compute_loss(forward(trial, inputs), targets, loss).requires_grad:
-        return [], math.nan
-    losses = train_steps(trial, (inputs, targets), loss, opt, 1)
-    target = threshold if threshold is not None else OVERFIT_RATIO * abs(losses[0])
-    if math.isfinite(losses[0]) and not losses[0] < target:
-        losses += train_steps(trial, (inputs, targets), loss, opt, steps - 1,
-                              stop_below=target)
-    return losses, target
+        return None
+    return overfit.fit_one_batch(trial, (inputs, targets), loss, opt, max_steps=steps,
+                                 target=threshold)
 
 
 def assert_overfits_batch(model: nn.Module, batch: Any = None, loss_fn: LossFn | None = None,
@@ -112,20 +97,20 @@ def assert_overfits_batch(model: nn.Module, batch: Any = None, loss_fn: LossFn |
     Trains a deep copy (training mode) for up to ``steps`` steps on ``batch``
     (default: 32 FashionMNIST images, or the synthetic stand-in) with
     ``optimizer_factory(params)`` (default Adam, lr 1e-3), stopping as soon as the loss
-    is below ``threshold`` (default: 5% of the first loss). A healthy model memorises
-    one batch; one that cannot has a bug. On failure the message shows the loss curve
-    and names parameters a step does not update. Returns the losses.
+    is below ``threshold``. It passes when the lowest loss (in training, or in eval()
+    after it) reaches ``threshold``; without one, the overfit-one-batch check's target
+    and judgement apply: within 2x of 5% of the first loss (or of 0.05). A healthy model
+    memorises one batch; one that cannot has a bug. On failure the message shows the
+    loss curve and names parameters a step does not update. Returns the losses.
     """
     __tracebackhide__ = True
     batch = _default_batch() if batch is None else batch
     with preserved_state(seed):
-        losses, target = _overfit_losses(model, batch, loss_fn, optimizer_factory, steps,
-                                         threshold)
-    if losses and min(losses) < target:  # NaN compares False: a NaN run fails below
-        return losses
+        fit = _fit_copy(model, batch, loss_fn, optimizer_factory, steps, threshold)
+    if fit is not None and fit.converged:
+        return fit.losses
     with preserved_state(seed):
         stale = stale_findings(one_step(model, batch, loss_fn, optimizer_factory),
-                               "overfit-batch")
-    found = _overfit_findings(losses, target, steps) if losses else []
-    fail("the model could not overfit a single batch", found + stale,
-         _curve(losses) if losses else "")
+                               overfit.FINDING_ID)
+    found = _overfit_findings(fit, steps) if fit is not None else []
+    fail("the model cannot fit one batch", found + stale, fit.curve() if fit else "")

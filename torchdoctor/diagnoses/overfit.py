@@ -1,0 +1,194 @@
+"""Overfitting one batch: the loop, its step budget and target, and the words of its verdict.
+
+A healthy model drives the loss of one fixed batch near zero; one that cannot has a
+bug. The overfit-one-batch check and :func:`torchdoctor.testing.assert_overfits_batch`
+both train their copy with :func:`fit_one_batch` and judge it with :attr:`Fit.converged`:
+up to :data:`MAX_STEPS` steps, stopping once the loss is under :data:`RELATIVE_TARGET` of
+the first one (or under :data:`ABSOLUTE_TARGET`), optionally within a time budget.
+
+Dropout makes the training loss of one batch noisy, so the copy trains in train() as a
+user's loop does but is judged by the better of its lowest training loss and its loss in
+eval() at the end, against :data:`TOLERANCE` times the derived target (an explicit
+target is judged as given). Why a copy cannot fit is :mod:`~torchdoctor.diagnoses.anatomy`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: the finding id, in ``torchdoctor check`` and in ``assert_overfits_batch``
+FINDING_ID = "overfit-one-batch"
+#: the most steps spent on one batch (a slow model is reported as still falling)
+MAX_STEPS = 300
+#: the most seconds the check spends training one model (a slow model is not judged)
+BUDGET_SECONDS = 15.0
+CHUNK = 10  #: at most this many steps between two looks at the clock
+RELATIVE_TARGET = 0.05  #: stop when the loss is below this fraction of the first loss
+ABSOLUTE_TARGET = 0.05  #: ... or below this value
+TOLERANCE = 2.0  #: converged when the judged loss is within this factor of the target
+
+
+def default_target(initial: float) -> float:
+    """The loss to reach from a first loss of ``initial``: 5 % of it, or 0.05."""
+    return max(ABSOLUTE_TARGET, RELATIVE_TARGET * initial)
+
+
+@dataclass
+class Fit:
+    """How training a copy on one batch went."""
+
+    losses: list[float]
+    eval_loss: float
+    seconds: float
+    out_of_time: bool
+    #: the loss to reach, and the factor above it still judged a fit
+    target: float
+    tolerance: float = TOLERANCE
+
+    @property
+    def initial(self) -> float:
+        """The loss before the first update."""
+        return self.losses[0]
+
+    @property
+    def best(self) -> float:
+        """The lowest loss seen: in training, or in eval() at the end."""
+        return min([*self.losses, self.eval_loss])
+
+    @property
+    def finite(self) -> bool:
+        """Whether every loss stayed finite."""
+        return all(math.isfinite(v) for v in [*self.losses, self.eval_loss])
+
+    @property
+    def converged(self) -> bool:
+        """Whether the copy fitted the batch (within the tolerance)."""
+        return self.finite and self.best <= self.tolerance * self.target
+
+    @property
+    def still_falling(self) -> bool:
+        """Whether the loss kept going down steadily (slow, not stuck): the last tenth
+        of the run is clearly below the middle of it."""
+        half = self.losses[len(self.losses) // 2:]
+        tail = half[-max(1, len(self.losses) // 10):]
+        return len(self.losses) >= 20 and sum(tail) / len(tail) < 0.9 * half[0]
+
+    def describe(self, batch_size: int | None = None) -> str:
+        """``loss 2.31 -> 1.42 in 200 steps on one batch of 64``."""
+        batch = f" of {batch_size}" if batch_size else ""
+        steps = f"{len(self.losses)} step" + ("s" if len(self.losses) != 1 else "")
+        return f"loss {self.initial:.3g} -> {self.best:.3g} in {steps} on one batch{batch}"
+
+    def curve(self) -> str:
+        """A few points of the loss curve: ``loss by step: 0: 2.30, 75: 1.20, ...``."""
+        n = len(self.losses)
+        picks = sorted({0, *(n * k // 4 for k in (1, 2, 3)), n - 1})
+        return "loss by step: " + ", ".join(f"{i}: {self.losses[i]:.4g}" for i in picks)
+
+
+def fit_one_batch(model: nn.Module, batch: tuple[Any, Any],
+                  loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer, *,
+                  max_steps: int = MAX_STEPS, target: float | None = None,
+                  budget: float | None = None) -> Fit:
+    """Train ``model`` on one ``(inputs, targets)`` batch until the loss is below
+    ``target`` (default :func:`default_target` of the first loss, judged with
+    :data:`TOLERANCE`), for at most ``max_steps`` steps and ``budget`` seconds (on one
+    CPU thread for a CPU model)."""
+    with _one_cpu_thread(model):
+        return _fit(model, batch, loss_fn, optimizer, max_steps, target, budget)
+
+
+def _fit(model: nn.Module, batch: tuple[Any, Any], loss_fn: Callable[..., torch.Tensor],
+         optimizer: torch.optim.Optimizer, max_steps: int, target: float | None,
+         budget: float | None) -> Fit:
+    from torchdoctor.reference.trainer import train_steps
+
+    started = time.perf_counter()
+    losses = train_steps(model, batch, loss_fn, optimizer, 1)
+    stop = default_target(losses[0]) if target is None else target
+    out_of_time = False
+    while len(losses) < max_steps and math.isfinite(losses[-1]) and losses[-1] >= stop:
+        steps = min(CHUNK, max_steps - len(losses))
+        if budget is not None:
+            spent = time.perf_counter() - started
+            # chunks sized so that a slow model cannot overrun the budget by much
+            steps = min(steps, int((budget - spent) / (spent / len(losses))))
+            if steps < 1:
+                out_of_time = True
+                break
+        losses += train_steps(model, batch, loss_fn, optimizer, steps, stop_below=stop)
+    return Fit(losses, _eval_loss(model, batch, loss_fn), time.perf_counter() - started,
+               out_of_time, stop, TOLERANCE if target is None else 1.0)
+
+
+@contextmanager
+def _one_cpu_thread(model: nn.Module) -> Iterator[None]:
+    """Train a CPU model on one thread, restoring the caller's setting after. A one-batch
+    fit gains nothing from more, and on a machine whose cores are busy (a CI runner, a
+    laptop running tests) OpenMP's waiting threads make it 10x slower."""
+    import torch
+
+    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
+    if tensor is not None and tensor.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _eval_loss(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any) -> float:
+    import torch
+
+    from torchdoctor.reference.trainer import forward
+    from torchdoctor.tensors import set_training
+
+    set_training(model, False)  # nn.Module's eval: a user's class may override train()
+    try:
+        with torch.no_grad():
+            return float(loss_fn(forward(model, batch[0]), batch[1]))
+    finally:
+        set_training(model)
+
+
+# -- the words of the verdict ----------------------------------------------------------
+CANNOT_FIT_HINT = (
+    "a model that cannot memorise one batch has a bug: check that the loss gets the raw "
+    "model output (no softmax before CrossEntropyLoss) and the matching targets, that "
+    "forward uses every layer it should, and try Adam with lr=1e-3")
+DIVERGED_HINT = "lower the learning rate (1e-3 for Adam), or clip gradients"
+SLOW_HINT = "raise the learning rate, or use Adam 1e-3 (SGD: add momentum=0.9)"
+
+
+def cannot_fit(subject: str, fit: Fit, batch_size: int | None = None) -> str:
+    """``Net cannot fit one batch: loss 2.3 -> 2.1 in 300 steps ..., stuck at 2.2``."""
+    return (f"{subject} cannot fit one batch: {fit.describe(batch_size)}, stuck at "
+            f"{fit.losses[-1]:.3g} (target {fit.target:.3g})")
+
+
+def diverged(subject: str, fit: Fit, optimizer: str) -> str | None:
+    """The message when the loss blew up while fitting, else None."""
+    if fit.finite and fit.losses[-1] <= 1.5 * fit.initial:
+        return None
+    bad = next((i for i, v in enumerate(fit.losses) if not math.isfinite(v)), None)
+    when = f", {fit.losses[bad]} at step {bad}" if bad is not None else ""
+    return (f"{subject}: the loss diverges while fitting one batch ({fit.initial:.3g} -> "
+            f"{fit.losses[-1]:.3g}{when}) with {optimizer}")
+
+
+def slowly(subject: str, fit: Fit, optimizer: str, batch_size: int | None = None) -> str:
+    """The message for a loss still falling when the steps ran out."""
+    return (f"{subject} fits one batch only slowly ({fit.describe(batch_size)}, still "
+            f"falling) with {optimizer}")
