@@ -174,3 +174,18 @@ class Report:
             "notes": list(self.notes),
         }
 
+
+@dataclass(frozen=True)
+class TargetFailure:
+    """A target that could not be diagnosed (no such file, not a target...): rendered
+    in every format so machine readers get an answer too."""
+
+    target: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of a bad target: the schema fields and ``error``."""
+        from torchdoctor._version import __version__
+
+        return {"schema": SCHEMA_VERSION, "torchdoctor_version": __version__,
+                "target": self.target, "error": self.message}

@@ -19,7 +19,13 @@ from typing import Any
 
 from tabulate import tabulate
 
-from torchdoctor.findings import SCHEMA_VERSION, Finding, Outcome, Report, Severity
+from torchdoctor.findings import (
+    Finding,
+    Outcome,
+    Report,
+    Severity,
+    TargetFailure,
+)
 
 #: the formats of every report (check, profile, reference)
 FORMATS = ("table", "json", "markdown")
@@ -39,22 +45,6 @@ _GAP = 2  # tabulate's "simple" style puts two spaces between columns
 
 _SGR = {"error": "1;31", "warning": "33", "info": "36", "FAILED": "1;31", "CRASHED": "1;35",
         "ok": "32", "dim": "2", "bold": "1"}
-
-
-@dataclass(frozen=True)
-class TargetFailure:
-    """A target that could not be diagnosed (no such file, not a target...): rendered
-    in every format so machine readers get an answer too."""
-
-    target: str
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object of a bad target: the schema fields and ``error``."""
-        from torchdoctor import __version__
-
-        return {"schema": SCHEMA_VERSION, "torchdoctor_version": __version__,
-                "target": self.target, "error": self.message}
 
 
 @dataclass(frozen=True)

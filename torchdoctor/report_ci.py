@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from torchdoctor.findings import TARGET_CHECK_ID, Finding, Report, Severity
 
 if TYPE_CHECKING:
-    from torchdoctor.report import TargetFailure
+    from torchdoctor.findings import TargetFailure
 
 SARIF_SCHEMA = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
                 "sarif-schema-2.1.0.json")
@@ -51,7 +51,7 @@ def render_sarif(reports: Sequence[Report], failures: Sequence[TargetFailure] = 
                  rules: dict[str, str] | None = None) -> str:
     """One SARIF 2.1.0 log, one run, a result per finding; a bad target is a failed
     invocation with its message as a tool notification."""
-    from torchdoctor import __version__
+    from torchdoctor._version import __version__
 
     summaries = {TARGET_CHECK_ID: _RUN_RULE, **(rules or {})}
     used = sorted({f.check for r in reports for f in r.findings} | set(summaries))
