@@ -56,7 +56,8 @@ def test_a_forward_that_raises_is_kept_for_every_check() -> None:
     shape = run_one_check(ShapeMismatchCheck(), ctx)
     loss = run_one_check(LossFunctionCheck(), ctx)
     assert shape.outcome is Outcome.FAILED and "fc" in shape.findings[0].location
-    assert loss.outcome is Outcome.PASSED  # no output to judge: shape-mismatch said why
+    # no output to judge: examined nothing, so skipped (never "passed"); shape-mismatch said why
+    assert loss.outcome is Outcome.SKIPPED and "shape-mismatch" in loss.detail
     probe = ctx.forward_probe(ctx.models[0])
     assert isinstance(probe.error, RuntimeError) and probe.failed_at is not None
     assert probe.failed_at.module.qualname == "fc" and len(built) == 1
