@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -129,3 +130,20 @@ def shape_only(tensor: torch.Tensor) -> TensorSummary:
     """Shape, dtype and device, without statistics (no kernels run)."""
     return TensorSummary(tuple(int(s) for s in tensor.shape), str(tensor.dtype),
                          str(tensor.device))
+
+
+@contextmanager
+def one_cpu_thread(device: str) -> Iterator[None]:
+    """Run torch on one CPU thread (on ``device`` "cpu"), restoring the caller's setting
+    after. A one-batch fit or a probe gains nothing from more, and on a machine whose
+    cores are busy (a CI runner, a laptop running tests) OpenMP's waiting threads make it
+    up to 10x slower; timings also stay comparable between the probe and the fit."""
+    if not device.startswith("cpu"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

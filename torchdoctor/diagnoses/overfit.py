@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +102,9 @@ def fit_one_batch(model: nn.Module, batch: tuple[Any, Any],
     ``target`` (default :func:`default_target` of the first loss, judged with
     :data:`TOLERANCE`), for at most ``max_steps`` steps and ``budget`` seconds (on one
     CPU thread for a CPU model)."""
-    with _one_cpu_thread(model):
+    from torchdoctor.tensors import one_cpu_thread
+
+    with one_cpu_thread(_device_of(model)):
         return _fit(model, batch, loss_fn, optimizer, max_steps, target, budget)
 
 
@@ -128,25 +129,6 @@ def _fit(model: nn.Module, batch: tuple[Any, Any], loss_fn: Callable[..., torch.
         losses += train_steps(model, batch, loss_fn, optimizer, steps, stop_below=stop)
     return Fit(losses, _eval_loss(model, batch, loss_fn), time.perf_counter() - started,
                out_of_time, stop, TOLERANCE if target is None else 1.0)
-
-
-@contextmanager
-def _one_cpu_thread(model: nn.Module) -> Iterator[None]:
-    """Train a CPU model on one thread, restoring the caller's setting after. A one-batch
-    fit gains nothing from more, and on a machine whose cores are busy (a CI runner, a
-    laptop running tests) OpenMP's waiting threads make it 10x slower."""
-    import torch
-
-    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
-    if tensor is not None and tensor.device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _eval_loss(model: nn.Module, batch: tuple[Any, Any], loss_fn: Any) -> float:
@@ -192,3 +174,8 @@ def slowly(subject: str, fit: Fit, optimizer: str, batch_size: int | None = None
     """The message for a loss still falling when the steps ran out."""
     return (f"{subject} fits one batch only slowly ({fit.describe(batch_size)}, still "
             f"falling) with {optimizer}")
+
+
+def _device_of(model: nn.Module) -> str:
+    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
+    return str(tensor.device) if tensor is not None else "cpu"

@@ -18,8 +18,6 @@ budget is skipped too, with its size and time per step.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +26,7 @@ from torch import nn
 
 from torchdoctor.synth.specs import InputSpec, candidate_specs
 from torchdoctor.synth.task import main_output, make_task
-from torchdoctor.tensors import set_training, to_device
+from torchdoctor.tensors import one_cpu_thread, set_training, to_device
 
 if TYPE_CHECKING:
     from torchdoctor.engine.context import CheckOptions, ModelCandidate, TrainingSetup
@@ -173,21 +171,6 @@ def inputs_device(inputs: Any) -> torch.device:
     """The device of the first input tensor."""
     first = inputs[0] if isinstance(inputs, tuple) else inputs
     return first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
-
-
-@contextmanager
-def one_cpu_thread(device: str) -> Iterator[None]:
-    """One CPU thread for the probe, as overfit-one-batch trains: timings then match, and
-    on a busy machine more threads only wait on each other."""
-    if not device.startswith("cpu"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _synthetic(base: TrainingSetup, spec: InputSpec, probe: _Probe,
