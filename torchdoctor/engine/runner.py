@@ -12,6 +12,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -155,11 +156,15 @@ class Diagnosis:
             notes=self.notes + (ctx.run.notes if ctx.run else []))
 
     def _prepare(self) -> CheckContext:
+        from torchdoctor.reference.data import NOTICE
+
         parsed = parse_target(self.target)
-        with preserved_state(self.options.seed):
-            if parsed.runs_as_script:
-                return self._prepare_script(parsed)
-            return self._prepare_object(parsed)
+        with preserved_state(self.options.seed), NOTICE.deferred() as pending:
+            ctx = self._prepare_script(parsed) if parsed.runs_as_script else \
+                self._prepare_object(parsed)
+        if pending and _trains_on_synthetic_reference(ctx):
+            self.notes.append(_synthetic_reference_note(*pending[0]))
+        return ctx
 
     def _prepare_script(self, parsed: Target) -> CheckContext:
         from torchdoctor.scriptrun.script import run_script
@@ -267,6 +272,22 @@ def _context(target: str, options: CheckOptions, setup: TrainingSetup,
     return CheckContext(target, options, setup, run, usable,
                         crash_explanations=crash_explanations or [],
                         model_skip="; ".join(reasons), found_models=list(models))
+
+
+def _trains_on_synthetic_reference(ctx: CheckContext) -> bool:
+    """Whether model mode trains some model on the synthetic FashionMNIST stand-in."""
+    from torchdoctor.reference.data import SYNTHETIC
+
+    setups = [c.setup or ctx.setup for c in ctx.models]
+    return any(setup is not None and setup.data == SYNTHETIC for setup in setups)
+
+
+def _synthetic_reference_note(root: Path, reason: str) -> str:
+    """The data module's fallback notice, as one report note."""
+    from torchdoctor.reference.data import fallback_message
+
+    lines = fallback_message(root, reason).splitlines()
+    return "model mode: " + " ".join(line.removeprefix("torchdoctor: ") for line in lines)
 
 
 def _mode_name(ctx: CheckContext) -> str:

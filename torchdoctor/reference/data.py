@@ -21,6 +21,8 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -80,6 +82,8 @@ class FallbackNotice:
 
     def __init__(self) -> None:
         self._shown = False
+        #: (root, reason) pairs kept instead of printed while :meth:`deferred` is active
+        self._pending: list[tuple[Path, str]] | None = None
 
     @property
     def shown(self) -> bool:
@@ -88,11 +92,27 @@ class FallbackNotice:
 
     def emit(self, root: Path, reason: str, stream: TextIO | None = None) -> bool:
         """Print the notice for ``root`` unless already printed; True if printed now."""
+        if self._pending is not None:
+            self._pending.append((Path(root), reason))
+            return False
         if self._shown:
             return False
         self._shown = True
         print(fallback_message(root, reason), file=stream or sys.stderr, flush=True)
         return True
+
+
+    @contextmanager
+    def deferred(self) -> Iterator[list[tuple[Path, str]]]:
+        """Keep the notices asked for inside the block instead of printing them: the
+        caller (``torchdoctor check``) says it in its report only when the synthetic
+        set was really used, not for every script whose models merely met the
+        reference batch while model mode looked for a setup."""
+        before, self._pending = self._pending, []
+        try:
+            yield self._pending
+        finally:
+            self._pending = before
 
 
 def fallback_message(root: Path, reason: str) -> str:
@@ -107,7 +127,8 @@ def fallback_message(root: Path, reason: str) -> str:
     )
 
 
-_NOTICE = FallbackNotice()
+NOTICE = FallbackNotice()
+_NOTICE = NOTICE
 
 
 class SyntheticFashionMNIST(Dataset[tuple[torch.Tensor, int]]):
