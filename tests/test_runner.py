@@ -158,3 +158,32 @@ def test_module_colon_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.syspath_prepend(str(tmp_path))
     report = diagnose("pkg_for_target.models:Net", select=["shape-mismatch"])
     assert report.result("shape-mismatch").outcome is Outcome.PASSED  # type: ignore[union-attr]
+
+
+_MLP_FILE = '''
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+'''
+
+_TABULAR_FILE = _MLP_FILE.replace("nn.Flatten(), nn.Linear(784, 32)", "nn.Linear(13, 32)")
+
+
+def test_synthetic_reference_is_a_report_note_only_when_a_model_trained_on_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from torchdoctor.engine.runner import SYNTHETIC_REFERENCE_NOTE
+
+    options = CheckOptions(data_root=str(tmp_path / "no-data"))
+    (tmp_path / "mlp.py").write_text(_MLP_FILE)
+    (tmp_path / "tabular.py").write_text(_TABULAR_FILE)
+    mlp = diagnose(f"{tmp_path / 'mlp.py'}::Net", options, select=["shape-mismatch"])
+    tabular = diagnose(f"{tmp_path / 'tabular.py'}::Net", options, select=["shape-mismatch"])
+    assert mlp.data == "synthetic" and mlp.notes.count(SYNTHETIC_REFERENCE_NOTE) == 1
+    assert "inferred" in tabular.data and SYNTHETIC_REFERENCE_NOTE not in tabular.notes
+    assert "no usable FashionMNIST" not in capsys.readouterr().err  # no stray notice

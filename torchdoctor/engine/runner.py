@@ -12,7 +12,6 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -162,8 +161,10 @@ class Diagnosis:
         with preserved_state(self.options.seed), NOTICE.deferred() as pending:
             ctx = self._prepare_script(parsed) if parsed.runs_as_script else \
                 self._prepare_object(parsed)
-        if pending and _trains_on_synthetic_reference(ctx):
-            self.notes.append(_synthetic_reference_note(*pending[0]))
+        said = any("synthetic FashionMNIST stand-in" in n for n in (ctx.run.notes if ctx.run
+                                                                     else []))
+        if pending and not said and _trains_on_synthetic_reference(ctx):
+            self.notes.append(SYNTHETIC_REFERENCE_NOTE)
         return ctx
 
     def _prepare_script(self, parsed: Target) -> CheckContext:
@@ -274,20 +275,18 @@ def _context(target: str, options: CheckOptions, setup: TrainingSetup,
                         model_skip="; ".join(reasons), found_models=list(models))
 
 
+#: said once in the report (not on stderr) when model mode trained on the stand-in
+SYNTHETIC_REFERENCE_NOTE = ("model mode trained copies on the synthetic FashionMNIST "
+                            "stand-in (no real data found): pass --data DIR, a folder "
+                            "holding FashionMNIST/raw, to use real images")
+
+
 def _trains_on_synthetic_reference(ctx: CheckContext) -> bool:
     """Whether model mode trains some model on the synthetic FashionMNIST stand-in."""
     from torchdoctor.reference.data import SYNTHETIC
 
     setups = [c.setup or ctx.setup for c in ctx.models]
     return any(setup is not None and setup.data == SYNTHETIC for setup in setups)
-
-
-def _synthetic_reference_note(root: Path, reason: str) -> str:
-    """The data module's fallback notice, as one report note."""
-    from torchdoctor.reference.data import fallback_message
-
-    lines = fallback_message(root, reason).splitlines()
-    return "model mode: " + " ".join(line.removeprefix("torchdoctor: ") for line in lines)
 
 
 def _mode_name(ctx: CheckContext) -> str:
