@@ -186,3 +186,22 @@ def test_undo_deletes_what_the_owner_only_inherited() -> None:
     assert Child().method() == "patched"
     patches.undo()
     assert "method" not in vars(Child) and Child().method() == "base"
+
+
+def test_torch_compile_bound_during_a_run_keeps_no_run_alive() -> None:
+    """A module first imported during the run may bind ``torch.compile`` (the bypass);
+    afterwards that name must hold no reference to the run."""
+    from torchdoctor.scriptrun.bypass import NOTE, CompileBypass
+    from torchdoctor.scriptrun.observations import ScriptRun
+
+    run = ScriptRun("train.py")
+    run_ref = weakref.ref(run)
+    original = torch.compile
+    model = nn.Linear(2, 2)
+    with CompileBypass(run):
+        captured = torch.compile
+        assert captured(model) is model and NOTE in run.notes
+    assert torch.compile is original and captured is not original
+    del run
+    gc.collect()
+    assert run_ref() is None, "the bypass kept the run alive"
