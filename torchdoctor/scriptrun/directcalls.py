@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import linecache
+import os
 import types
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -40,7 +41,8 @@ def wrap_load(original: Callable[..., Any], link: RunLink[LoadObserver]) -> Call
         run = link.get()
         if run is not None:
             given = kwargs.get("weights_only")
-            if given is False or (given is None and not _weights_only_by_default()):
+            pickle_module = args[2] if len(args) > 2 else kwargs.get("pickle_module")
+            if not _weights_only(given, pickle_module):
                 run.unsafe_load(LoadRecord(user_callsite(), explicit=given is False))
             del run  # nothing of the run is held across the user's load
         return original(*args, **kwargs)
@@ -48,15 +50,25 @@ def wrap_load(original: Callable[..., Any], link: RunLink[LoadObserver]) -> Call
     return observed_load
 
 
-def _weights_only_by_default() -> bool:
-    """Whether ``torch.load(f)`` is weights-only in this torch (2.6+, unless the
-    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable says otherwise)."""
-    import pickle
-
+def _weights_only(given: bool | None, pickle_module: Any) -> bool:
+    """Whether this ``torch.load`` call is weights-only, as torch decides it: the
+    argument, else torch's default (True from 2.6 when no ``pickle_module`` is given),
+    each overridden by the ``TORCH_FORCE_(NO_)WEIGHTS_ONLY_LOAD`` environment variables
+    the way ``torch.load`` reads them."""
     from torch import serialization
 
-    default = getattr(serialization, "_default_to_weights_only", None)
-    return bool(default(pickle)) if default is not None else False
+    if _env_true("TORCH_FORCE_WEIGHTS_ONLY_LOAD"):
+        return True
+    if given is not None:
+        return bool(given)
+    if _env_true("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+        return False
+    default = getattr(serialization, "_default_to_weights_only", None)  # torch 2.6+
+    return bool(default(pickle_module)) if default is not None else False
+
+
+def _env_true(name: str) -> bool:
+    return os.getenv(name, "0").lower() in ("1", "y", "yes", "true")
 
 
 def direct_forward_call(frame: types.FrameType | None) -> DirectForwardRecord | None:
