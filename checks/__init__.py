@@ -23,6 +23,7 @@ BUILTIN_MODULES = {
     "loss_function": "LossFunctionCheck",
     "numerics": "NumericsCheck",
     "overfit_one_batch": "OverfitOneBatchCheck",
+    "risky_calls": "RiskyCallsCheck",
 }
 
 

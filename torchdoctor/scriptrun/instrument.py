@@ -36,10 +36,11 @@ from torchdoctor.diagnoses.manualgrad import ManualUpdateDetector
 from torchdoctor.engine.context import CheckOptions
 from torchdoctor.scriptrun.budget import LimitedIterator, PhaseTimer, StepBudget
 from torchdoctor.scriptrun.callsite import user_callsite
+from torchdoctor.scriptrun.directcalls import direct_forward_call, wrap_load
 from torchdoctor.scriptrun.forwards import ForwardRecorder
 from torchdoctor.scriptrun.losses import FUNCTIONAL_LOSSES, LossRecorder
 from torchdoctor.scriptrun.nonfinite import NonFiniteWatch
-from torchdoctor.scriptrun.observations import ModuleCall, ScriptRun
+from torchdoctor.scriptrun.observations import LoadRecord, ModuleCall, ScriptRun
 from torchdoctor.scriptrun.patches import PatchSet, RunLink
 from torchdoctor.scriptrun.progress import RunProgress
 from torchdoctor.scriptrun.tracing import ScriptTracing, start_tracing
@@ -120,6 +121,7 @@ class Instrumentation:
         yield lambda p: p.patch(torch.optim.Optimizer, "zero_grad",
                                 wrap_zero_grad(torch.optim.Optimizer.zero_grad, link))
         yield lambda p: p.patch(nn.Module, "zero_grad", wrap_zero_grad(nn.Module.zero_grad, link))
+        yield lambda p: p.patch(torch, "load", wrap_load(torch.load, link))
         for name in FUNCTIONAL_LOSSES:
             yield lambda p, name=name: p.patch(  # type: ignore[misc]
                 nn.functional, name,
@@ -143,7 +145,15 @@ class Instrumentation:
 
     def forward_before(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         """Global forward pre-hook."""
+        if not self.forwards.inside_module:  # a top-level call: from model.forward(x)?
+            direct = direct_forward_call(sys._getframe(1))
+            if direct is not None and direct not in self.run.direct_forwards:
+                self.run.direct_forwards.append(direct)
         self.forwards.before(module, args)
+
+    def unsafe_load(self, record: LoadRecord) -> None:
+        """A ``torch.load`` that may unpickle arbitrary objects."""
+        self.run.unsafe_loads.append(record)
 
     def forward_after(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         """Global forward hook."""

@@ -209,6 +209,24 @@ class WarningRecord:
     location: CodeLocation | None
 
 
+@dataclass(frozen=True)
+class LoadRecord:
+    """A ``torch.load`` call of the user's that may unpickle arbitrary objects
+    (``weights_only`` False, given or by default)."""
+
+    location: CodeLocation | None
+    explicit: bool  #: ``weights_only=False`` was written (not torch's default)
+
+
+@dataclass(frozen=True)
+class DirectForwardRecord:
+    """A module's ``forward`` called directly by the user's code (``model.forward(x)``),
+    so that its hooks were bypassed."""
+
+    location: CodeLocation
+    module: str  #: the class name of the module whose forward was called
+
+
 class RunStatus(str, enum.Enum):
     """How the user's script ended."""
 
@@ -234,6 +252,10 @@ class ScriptRun:
     carried_grads: list[CarriedGradRecord] = field(default_factory=list)
     nonfinite: list[NonFiniteRecord] = field(default_factory=list)
     warnings: list[WarningRecord] = field(default_factory=list)
+    #: ``torch.load`` calls that may execute code from the file (see :class:`LoadRecord`)
+    unsafe_loads: list[LoadRecord] = field(default_factory=list)
+    #: ``model.forward(x)`` calls of the user's code (hooks bypassed)
+    direct_forwards: list[DirectForwardRecord] = field(default_factory=list)
     error: ErrorRecord | None = None
     loader_passes: int = 0
     batches: int = 0
