@@ -122,6 +122,16 @@ def test_params_added_with_add_param_group_are_quiet(tmp_path: Path) -> None:
     assert_ran_quiet(_check(tmp_path, STEP, setup=setup), CHECK)
 
 
+def test_optimizer_rebuilt_every_epoch_is_quiet(tmp_path: Path) -> None:
+    # each epoch's optimizer may reuse the freed previous one's id: it must count as new
+    rebuild = """
+        if i == 0:
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1 / (epoch + 1))
+    """
+    assert_ran_quiet(_check(tmp_path, textwrap.dedent(rebuild) + textwrap.dedent(STEP)),
+                     CHECK)
+
+
 def test_gradient_accumulation_is_quiet(tmp_path: Path) -> None:
     assert_ran_quiet(_check(tmp_path, """
         (loss_fn(model(x), y) / 4).backward()

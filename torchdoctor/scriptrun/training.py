@@ -35,10 +35,12 @@ class TrainingRecorder:
         self.detector = detector
         self.nonfinite = nonfinite
         self._optimizers: dict[int, int] = {}
-        # weakly: the recorder must not keep the user's optimizers alive
-        self._held_by: list[weakref.ref[torch.optim.Optimizer]] = []
+        # weakly: the recorder must not keep the user's optimizers alive (and a new
+        # optimizer may reuse a freed one's id)
+        self._seen: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         # name -> id of parameters with a gradient at a step that no optimizer holds
         self._unoptimized: dict[str, int] = {}
+        self._stepped = False
         self._step_started = 0.0
 
     @bookkeeping
@@ -57,6 +59,7 @@ class TrainingRecorder:
     def before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """The global optimizer step pre-hook."""
         self._see(optimizer)
+        self._stepped = True
         self.detector.watch(optimizer)
         self.detector.before_step(optimizer)
         self._step_started = time.perf_counter()
@@ -87,8 +90,8 @@ class TrainingRecorder:
 
     @property
     def has_optimizers(self) -> bool:
-        """Whether any optimizer has stepped yet."""
-        return bool(self._optimizers)
+        """Whether any optimizer has stepped yet (one only cleared does not count)."""
+        return self._stepped
 
     def zero_grad(self, owner: Any) -> None:
         """Note a ``zero_grad`` call of ``owner`` (an optimizer or a module) for the
@@ -99,10 +102,10 @@ class TrainingRecorder:
 
     def _see(self, optimizer: torch.optim.Optimizer) -> None:
         """Number an optimizer at its first ``zero_grad()``/``step()`` and record it."""
-        if id(optimizer) in self._optimizers:
+        if optimizer in self._seen:
             return
-        self._optimizers[id(optimizer)] = len(self._optimizers)
-        self._held_by.append(weakref.ref(optimizer))
+        self._optimizers[id(optimizer)] = len(self.run.optimizers)
+        self._seen.add(optimizer)
         self.run.optimizers.append(OptimizerRecord(
             index=len(self.run.optimizers), optimizer_type=type(optimizer).__name__,
             location=user_callsite()))
@@ -110,8 +113,7 @@ class TrainingRecorder:
 
     def _held(self) -> set[int]:
         """Ids of the parameters any optimizer seen so far holds (now: param groups grow)."""
-        optimizers = [ref() for ref in self._held_by]
-        return {id(p) for opt in optimizers if opt is not None for p in _params_of(opt)}
+        return {id(p) for optimizer in list(self._seen) for p in _params_of(optimizer)}
 
     def _note_unoptimized(self) -> None:
         """After a step: parameters of the observed models that carry a non-zero gradient
