@@ -538,6 +538,6 @@ def test_example_project_suite_passes(pytester: pytest.Pytester) -> None:
     shutil.copytree(EXAMPLE, pytester.path, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
     result = run(pytester, "-p", "no:cacheprovider", "-v")
-    result.assert_outcomes(passed=15)  # 7 tests + 8 check items from torchdoctor_targets
+    result.assert_outcomes(passed=16)  # 7 tests + 9 check items from torchdoctor_targets
     result.stdout.fnmatch_lines(["*test_model.py::test_model_passes_torchdoctor_checks PASSED*",
                                  "model.py::torchdoctor::nan-loss PASSED*"])
