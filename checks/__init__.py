@@ -19,6 +19,7 @@ BUILTIN_MODULES = {
     "device_mismatch": "DeviceMismatchCheck",
     "nan_loss": "NanLossCheck",
     "missing_zero_grad": "MissingZeroGradCheck",
+    "params_not_updating": "ParamsNotUpdatingCheck",
     "eval_mode": "EvalModeCheck",
     "loss_function": "LossFunctionCheck",
     "numerics": "NumericsCheck",

@@ -1,4 +1,5 @@
-"""Parameters that cannot learn: missing from the optimizer, without a gradient, frozen.
+"""Parameters that cannot learn: missing from the optimizer, without a gradient, frozen,
+or never updated because no optimizer step runs.
 
 One home for their ids, words and fixes. ``watch()`` reports them under their own ids
 (``not-in-optimizer``, ``no-gradient``), the assertion helpers' findings carry the same
@@ -16,6 +17,8 @@ from torchdoctor.findings import Finding, Severity
 
 if TYPE_CHECKING:
     import torch
+
+    from torchdoctor.scriptrun.observations import ScriptRun
 
 #: trainable parameters that no param_group of the optimizer holds
 NOT_IN_OPTIMIZER_ID = "not-in-optimizer"
@@ -101,3 +104,37 @@ def no_gradient_finding(names: list[str], everything: bool, steps: int) -> Findi
                    f"{len(names)} parameter(s) never received a gradient in {steps} "
                    f"step(s): {name_list(names, SHOWN)}", names[0], NO_GRADIENT_HINT)
 
+
+
+#: script mode: the script's own optimizer leaves parameters unchanged
+PARAMS_NOT_UPDATING_ID = "params-not-updating"
+PARAMS_NOT_UPDATING_SUMMARY = ("parameters that never change: backward passes but no "
+                               "optimizer step, or gradients on parameters in no optimizer")
+NO_STEP_HINT = ("call the step: `optimizer.step()` after `loss.backward()` (written without "
+                "parentheses, `optimizer.step` does nothing)")
+
+
+def no_step_finding(run: ScriptRun) -> Finding | None:
+    """The error for a script whose backward passes are never followed by an optimizer
+    step, although it uses an optimizer (a loop without one updates by hand: quiet)."""
+    if not run.backwards or not run.optimizers or run.steps:
+        return None
+    optimizer = run.optimizers[0]
+    seen = f" (seen at {optimizer.location})" if optimizer.location else ""
+    first = run.backwards[0]
+    where = first.location or optimizer.location
+    return Finding(PARAMS_NOT_UPDATING_ID, Severity.ERROR,
+                   f"{len(run.backwards)} backward pass(es) but {optimizer.optimizer_type}"
+                   f"{seen} never stepped: no parameter is ever updated",
+                   str(where) if where else "", NO_STEP_HINT)
+
+
+def unoptimized_grads_finding(run: ScriptRun) -> Finding | None:
+    """The error for parameters that receive gradients at the optimizer steps but that
+    no optimizer of the script holds (the optimizer was built before they existed)."""
+    names = run.unoptimized_grads
+    if not names or not run.applied_steps:
+        return None
+    return Finding(PARAMS_NOT_UPDATING_ID, Severity.ERROR,
+                   f"{len(names)} parameter(s) receive gradients but are in no optimizer: "
+                   f"{not_held_phrase(names)}", names[0], NOT_IN_OPTIMIZER_HINT)

@@ -154,6 +154,15 @@ class StepRecord:
     nonfinite_params: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class OptimizerRecord:
+    """An optimizer the script used: first seen at a ``zero_grad()`` or ``step()`` call."""
+
+    index: int
+    optimizer_type: str
+    location: CodeLocation | None
+
+
 @dataclass
 class CarriedGradRecord:
     """Gradients left from before optimizer step ``step_index`` were still there when
@@ -250,6 +259,11 @@ class ScriptRun:
     backwards: list[BackwardRecord] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     carried_grads: list[CarriedGradRecord] = field(default_factory=list)
+    #: optimizers seen (by their ``zero_grad()`` or ``step()``), in order of first sight
+    optimizers: list[OptimizerRecord] = field(default_factory=list)
+    #: parameters of observed models that held a non-zero gradient at an optimizer step
+    #: and that no optimizer seen in the run holds (they never change)
+    unoptimized_grads: list[str] = field(default_factory=list)
     nonfinite: list[NonFiniteRecord] = field(default_factory=list)
     warnings: list[WarningRecord] = field(default_factory=list)
     #: ``torch.load`` calls that may execute code from the file (see :class:`LoadRecord`)
