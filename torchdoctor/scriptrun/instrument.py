@@ -45,6 +45,7 @@ from torchdoctor.scriptrun.patches import PatchSet, RunLink
 from torchdoctor.scriptrun.progress import RunProgress
 from torchdoctor.scriptrun.tracing import ScriptTracing, start_tracing
 from torchdoctor.scriptrun.training import TrainingRecorder
+from torchdoctor.scriptrun.updates import UpdateRecorder
 from torchdoctor.scriptrun.wrappers import (
     routed,
     wrap_backward,
@@ -76,6 +77,7 @@ class Instrumentation:
         self.nonfinite = NonFiniteWatch(run, self.progress, self.forwards)
         self.training = TrainingRecorder(run, self.progress, self.timer, self.detector,
                                          self.nonfinite)
+        self.updates = UpdateRecorder(run, self.training.index_of, self.forwards.param_name)
         self._patches = PatchSet()
         self._tracing: ScriptTracing | None = None
 
@@ -162,9 +164,11 @@ class Instrumentation:
     def step_before(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Global optimizer step pre-hook."""
         self.training.before_step(optimizer, args, kwargs)
+        self.updates.before_step(optimizer)
 
     def step_after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Global optimizer step post-hook."""
+        self.updates.after_step(optimizer)  # first: the budget may end the run in the next
         self.training.after_step(optimizer, args, kwargs)
 
     def functional_loss(self, name: str, args: tuple[Any, ...], output: Any,
