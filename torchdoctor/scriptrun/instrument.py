@@ -38,6 +38,7 @@ from torchdoctor.scriptrun.budget import LimitedIterator, PhaseTimer, StepBudget
 from torchdoctor.scriptrun.callsite import user_callsite
 from torchdoctor.scriptrun.directcalls import direct_forward_call, wrap_load
 from torchdoctor.scriptrun.forwards import ForwardRecorder
+from torchdoctor.scriptrun.gradless import GradlessRecorder
 from torchdoctor.scriptrun.losses import FUNCTIONAL_LOSSES, LossRecorder
 from torchdoctor.scriptrun.nonfinite import NonFiniteWatch
 from torchdoctor.scriptrun.observations import LoadRecord, ModuleCall, ScriptRun
@@ -78,6 +79,8 @@ class Instrumentation:
         self.training = TrainingRecorder(run, self.progress, self.timer, self.detector,
                                          self.nonfinite)
         self.updates = UpdateRecorder(run, self.training.index_of, self.forwards.param_name)
+        self.gradless = GradlessRecorder(run, lambda: self.forwards.models,
+                                         self.forwards.param_name)
         self._patches = PatchSet()
         self._tracing: ScriptTracing | None = None
 
@@ -103,6 +106,7 @@ class Instrumentation:
         self.detector.close()
         self.manual.close()
         self.run.carried_grads = list(self.detector.records) + self.manual.records
+        self.gradless.close()
         self.forwards.close()
 
     def _installers(self) -> Iterator[Callable[[PatchSet], None]]:
@@ -151,6 +155,7 @@ class Instrumentation:
             direct = direct_forward_call(sys._getframe(1))
             if direct is not None and direct not in self.run.direct_forwards:
                 self.run.direct_forwards.append(direct)
+        self.gradless.forward(module)
         self.forwards.before(module, args)
 
     def unsafe_load(self, record: LoadRecord) -> None:
@@ -169,6 +174,7 @@ class Instrumentation:
     def step_after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Global optimizer step post-hook."""
         self.updates.after_step(optimizer)  # first: the budget may end the run in the next
+        self.gradless.after_step(optimizer)
         self.training.after_step(optimizer, args, kwargs)
 
     def functional_loss(self, name: str, args: tuple[Any, ...], output: Any,
