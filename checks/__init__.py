@@ -21,6 +21,7 @@ BUILTIN_MODULES = {
     "missing_zero_grad": "MissingZeroGradCheck",
     "params_not_updating": "ParamsNotUpdatingCheck",
     "learning_rate": "LearningRateCheck",
+    "graph_kept_alive": "GraphKeptAliveCheck",
     "eval_mode": "EvalModeCheck",
     "loss_function": "LossFunctionCheck",
     "numerics": "NumericsCheck",
