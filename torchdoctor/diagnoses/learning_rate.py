@@ -127,5 +127,5 @@ def huge_finding(record: UpdateRecord) -> Finding | None:
 
 
 def _times(ratio: float) -> str:
-    """``4.9``, ``14``, ``260``: a ratio as a reader counts it."""
-    return f"{ratio:.2g}" if ratio < 10 else f"{ratio:.0f}"
+    """``4.9``, ``14``, ``260``, ``3.4e+09``: a ratio as a reader counts it."""
+    return f"{ratio:.0f}" if 10 <= ratio < 1000 else f"{ratio:.2g}"

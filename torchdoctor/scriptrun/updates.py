@@ -90,14 +90,17 @@ def _sample(param: torch.Tensor) -> torch.Tensor:
 
 def _ratio(sampled: list[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
     """``||after - before|| / ||before||`` over all of a group's sampled values (None
-    when no parameter of the group had a gradient, NaN when its weights were all zero)."""
+    when no parameter of the group had a gradient or the weights are not finite, NaN
+    when they were all zero)."""
     if not sampled:
         return None
     moved = torch.stack([torch.linalg.vector_norm((_sample(p) - old).double())
                          for p, old in sampled])
     size = torch.stack([torch.linalg.vector_norm(old.double()) for _, old in sampled])
     moved_norm, size_norm = float(moved.norm()), float(size.norm())
-    if size_norm == 0.0 or not math.isfinite(size_norm):
+    if not math.isfinite(moved_norm) or not math.isfinite(size_norm):
+        return None  # non-finite weights: the nan-loss check's
+    if size_norm == 0.0:
         return math.nan
     return moved_norm / size_norm
 
