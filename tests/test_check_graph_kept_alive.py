@@ -163,6 +163,29 @@ def test_gan_and_grad_scaler_are_quiet(tmp_path: Path, one_thread: None) -> None
 
 
 @pytest.mark.slow
+def test_dcgan_holding_the_last_iterations_sum_is_quiet(tmp_path: Path,
+                                                        one_thread: None) -> None:
+    # pytorch/examples dcgan: two backward passes and two optimizer steps per iteration,
+    # and errD (a sum of both losses, graph included) lives until the next iteration
+    # rebinds it, after that iteration's first backward passes
+    assert_ran_quiet(_check(tmp_path, """
+        critic.zero_grad()
+        err_real = critic(torch.randn(16, 5)).mean()
+        err_real.backward()
+        fake = model(x)
+        err_fake = -critic(fake.detach()).mean()
+        err_fake.backward()
+        err_critic = err_real + err_fake
+        critic_optimizer.step()
+        model.zero_grad()
+        err_generator = critic(fake).mean()
+        err_generator.backward()
+        optimizer.step()
+        print(err_critic.item(), err_generator.item())
+    """), CHECK)
+
+
+@pytest.mark.slow
 def test_lbfgs_closure_is_quiet(tmp_path: Path, one_thread: None) -> None:
     # LBFGS holds its closure's first loss for the whole step
     assert_ran_quiet(_check(tmp_path, """

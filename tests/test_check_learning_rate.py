@@ -84,7 +84,7 @@ def test_negligible_steps_are_an_error_for_adam_and_a_warning_for_sgd() -> None:
     assert _severities(_record([1e-8] * 5, lrs=1e-9)) == [Severity.ERROR]
     assert _severities(_record([5e-7] * 5, lrs=1e-7)) == [Severity.WARNING]
     [sgd] = learning_rate.findings([_record([1e-11] * 5, lrs=1e-9, optimizer="SGD")])
-    assert sgd.severity is Severity.WARNING and "vanishing gradients" in sgd.message
+    assert sgd.severity is Severity.WARNING and "with SGD the step also scales" in sgd.message
     assert sgd.location == "train.py:12"
 
 

@@ -58,10 +58,11 @@ ADAPTIVE = frozenset({"Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "A
 NOT_ONE_UPDATE = frozenset({"LBFGS"})
 
 SMALL_HINT = ("raise the learning rate (typically 1e-4 to 3e-3 for Adam/AdamW, 1e-3 to 0.1 "
-              "for SGD with momentum); check for a unit slip (1e-9 written for 1e-3) or a "
-              "scheduler factor that scales it down")
-SGD_SMALL_NOTE = (" (with SGD the step also scales with the gradient: vanishing gradients "
-                  "give the same symptom)")
+              "for SGD with momentum, 1.0 for Adadelta); check for a unit slip (1e-9 "
+              "written for 1e-3) or a scheduler factor that scales it down")
+#: for optimizers whose step is not set by the lr alone; formatted with the optimizer's name
+GRADIENT_NOTE = (" (with {optimizer} the step also scales with the gradient: vanishing "
+                 "gradients give the same symptom)")
 LARGE_HINT = ("lower the learning rate (typically 1e-4 to 3e-3 for Adam/AdamW, 1e-3 to 0.1 "
               "for SGD), or warm it up from a small value")
 
@@ -103,7 +104,7 @@ def negligible_finding(record: UpdateRecord) -> Finding | None:
     adaptive = record.optimizer_type in ADAPTIVE
     certain = adaptive and largest < NEGLIGIBLE_ERROR
     steps = "100,000" if certain else "10,000"
-    note = "" if adaptive else SGD_SMALL_NOTE
+    note = "" if adaptive else GRADIENT_NOTE.format(optimizer=record.optimizer_type)
     return Finding(
         FINDING_ID, Severity.ERROR if certain else Severity.WARNING,
         f"{_group(record)} moves the weights by at most {largest:.1e} of their size per "

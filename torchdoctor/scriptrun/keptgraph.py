@@ -5,8 +5,8 @@ whose autograd graph something of the user's still holds, steps later
 How: before each ``backward()``, a small marker object goes into the ``metadata`` dict of
 the loss's autograd node and of its direct inputs' nodes (a scaled loss's node, the
 loss's own), and the watch keeps only a weak reference to it. The marker lives exactly
-as long as the node. Two optimizer steps later (four backward passes of the same line
-before any step), a marker still alive means that node is still referenced:
+as long as the node. Two optimizer steps and two backward passes of the same line later
+(four backward passes of the line before any step), a marker still alive means that node is still referenced:
 a healthy loop has rebound its ``loss`` variable by then. Backward passes inside an
 optimizer's ``step()`` (LBFGS closures: it holds their first loss for the whole step)
 are not watched. Then the user's frames
@@ -33,7 +33,8 @@ from torchdoctor.scriptrun.observations import CodeLocation, KeptGraphRecord, Sc
 from torchdoctor.scriptrun.progress import bookkeeping
 
 _KEY = "torchdoctor.kept_graph"
-#: a marker this many optimizer steps old and still alive: the graph is kept
+#: a marker this many optimizer steps and backward passes of its line old, and still
+#: alive: the graph is kept
 AGE = 2
 #: before any optimizer step (updates by hand, or the first accumulation window): this
 #: many backward passes of the same line
@@ -56,7 +57,11 @@ class _Marker:
         self.count = count  #: backward passes of its line when it was marked
 
     def old(self, steps: int, count: int) -> bool:
-        """Whether a node marked then and alive now has outlived its step."""
+        """Whether a node marked then and alive now has outlived its step: two backward
+        passes of its line and two optimizer steps later (a GAN steps twice per
+        iteration and may hold the last iteration's losses until it rebinds them)."""
+        if count - self.count < AGE:
+            return False
         if steps > 0:
             return steps - self.steps >= AGE
         return count - self.count >= AGE_WITHOUT_STEPS
@@ -79,8 +84,8 @@ class KeptGraphWatch:
     def before_backward(self, tensor: torch.Tensor) -> None:
         """Check the earlier losses of this backward line, then mark this one."""
         node = tensor.grad_fn
-        if node is None or self.in_step:
-            return
+        if node is None or self.in_step or _KEY in _metadata(node):
+            return  # the same graph again (a nested backward wrapper, retain_graph)
         location = user_callsite()
         if location in self._reported:
             return
