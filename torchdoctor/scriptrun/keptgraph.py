@@ -6,13 +6,13 @@ How: before each ``backward()``, a small marker object goes into the ``metadata`
 the loss's autograd node and of its direct inputs' nodes (a scaled loss's node, the
 loss's own), and the watch keeps only a weak reference to it. The marker lives exactly
 as long as the node. Two optimizer steps and two backward passes of the same line later
-(four backward passes of the line before any step), a marker still alive means that node is still referenced:
-a healthy loop has rebound its ``loss`` variable by then. Backward passes inside an
-optimizer's ``step()`` (LBFGS closures: it holds their first loss for the whole step)
-are not watched. Then the user's frames
-are searched for the tensor (or list of tensors) whose graph reaches a marked node, and
-its line of accumulation is read from the source. Nodes already marked (a graph
-backpropagated twice, shared subgraphs) are not counted again.
+(four backward passes of the line before any step), a marker still alive means that the
+node is still referenced: a healthy loop has rebound its ``loss`` variable by then.
+Backward passes inside an optimizer's ``step()`` (LBFGS closures: it holds their first
+loss for the whole step) are not watched. Then the user's frames are searched for the
+tensor (or list of tensors) whose graph reaches a marked node, and its line of
+accumulation is read from the source. A graph already marked (backpropagated twice, or
+seen twice through nested backward wrappers) is not counted again; nor are shared nodes.
 """
 
 from __future__ import annotations
