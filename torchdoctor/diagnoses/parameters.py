@@ -109,7 +109,8 @@ def no_gradient_finding(names: list[str], everything: bool, steps: int) -> Findi
 #: script mode: the script's own optimizer leaves parameters unchanged
 PARAMS_NOT_UPDATING_ID = "params-not-updating"
 PARAMS_NOT_UPDATING_SUMMARY = ("parameters that never change: backward passes but no "
-                               "optimizer step, or gradients on parameters in no optimizer")
+                               "optimizer step, gradients on parameters in no optimizer, "
+                               "or optimizer parameters that never get a gradient")
 NO_STEP_HINT = ("call the step: `optimizer.step()` after `loss.backward()` (written without "
                 "parentheses, `optimizer.step` does nothing)")
 
