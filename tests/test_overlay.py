@@ -27,7 +27,8 @@ from torchdoctor.report import render_text, written_line
 from torchdoctor.scriptrun import overlay
 from torchdoctor.scriptrun.observations import RunStatus, ScriptRun
 from torchdoctor.scriptrun.overlay import ScratchOverlay
-from torchdoctor.scriptrun.patches import PatchSet
+from torchdoctor.scriptrun.overlaypaths import ScratchView
+from torchdoctor.scriptrun.patches import PatchSet, RunLink
 from torchdoctor.scriptrun.script import run_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,13 @@ p = pathlib.Path("p.txt")
 p.write_text("hello")
 assert p.read_text() == "hello"
 pathlib.Path("pb.bin").write_bytes(b"\\0\\1")
+with pathlib.Path("pb.bin").open("ab") as f:
+    f.write(b"\\2")
+assert pathlib.Path("pb.bin").read_bytes() == b"\\0\\1\\2"
+os.mkdir("empty")
+os.rmdir("empty")
+os.rmdir("emptyuserdir")
+assert not os.path.exists("empty") and not os.path.exists("emptyuserdir")
 pathlib.Path("pdir/sub").mkdir(parents=True)
 pathlib.Path("pdir/sub/t").touch()
 pathlib.Path("log.txt").touch()
@@ -131,6 +139,7 @@ def _user_project(root: Path) -> Path:
     (root / "data.csv").write_text("1,2\n")
     (root / "userdir").mkdir()
     (root / "userdir" / "f").write_text("u")
+    (root / "emptyuserdir").mkdir()
     return root
 
 
@@ -189,7 +198,8 @@ def test_every_write_api_reads_back_and_leaves_the_directory_unchanged(
     assert written["log.txt"].size == len("old\nmore\n")
     assert "p.txt" not in written and "d3/copy.txt" not in written  # moved, then removed
     removed = [w.path for w in result.run.written if w.action == "removed"]
-    assert removed == ["data.csv", "old.txt", "userdir"]
+    assert written["pb.bin"].size == 3
+    assert removed == ["emptyuserdir", "data.csv", "old.txt", "userdir"]
 
 
 def test_the_view_raises_what_a_real_file_system_raises(
@@ -252,7 +262,10 @@ def _failing_at(index: int) -> Callable[..., Iterator[Callable[[PatchSet], None]
     return installers
 
 
-@pytest.mark.parametrize("index", [0, 1, 5, 12, 20])
+_STEPS = len(list(overlay._installers(RunLink(ScratchView("/nonexistent")))))
+
+
+@pytest.mark.parametrize("index", range(_STEPS))
 def test_a_failure_half_way_through_entry_undoes_everything(
         index: int, monkeypatch: pytest.MonkeyPatch) -> None:
     before, scratch_before = _patched(), _scratch_dirs()
