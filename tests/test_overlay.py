@@ -104,6 +104,9 @@ os.makedirs("userdir")
 assert os.listdir("userdir") == []
 assert sorted(glob.glob("out/**/*.pt", recursive=True)) == ["out/ckpt/m.pt"]
 assert sorted(os.walk("pdir"))[-1][2] == ["t"]
+top, dirs, files = next(os.walk("."))  # the user's files and the script's, merged
+assert {"model.pt", "io.txt", "train.py"} <= set(files) and "data.csv" not in files
+assert {"out", "userdir"} <= set(dirs) and "emptyuserdir" not in dirs
 print("ALL OK")
 """
 

@@ -243,13 +243,15 @@ def scandir(original: Wrapper, link: Link) -> Wrapper:
 
 
 class _MergedScan:
-    """A ``scandir`` iterator over a scratch directory and the real one behind it."""
+    """A ``scandir`` iterator over a scratch directory and the real one behind it
+    (an iterator, as ``os.walk`` calls ``next()`` on it)."""
 
     def __init__(self, scratch: Any, real: Any, shown: set[str]) -> None:
         self._scans = [scratch, real]
         self._shown = shown
+        self._entries = self._merged()
 
-    def __iter__(self) -> Iterator[Any]:
+    def _merged(self) -> Iterator[Any]:
         seen: set[str] = set()
         for scan in self._scans:
             for entry in scan:
@@ -257,6 +259,12 @@ class _MergedScan:
                     seen.add(entry.name)
                     yield entry
         self.close()
+
+    def __iter__(self) -> _MergedScan:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._entries)
 
     def close(self) -> None:
         """Close both scans."""
