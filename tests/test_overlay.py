@@ -24,7 +24,7 @@ import torch
 from torchdoctor.engine.context import CheckOptions
 from torchdoctor.findings import Report, WrittenFile
 from torchdoctor.report import render_text, written_line
-from torchdoctor.scriptrun import overlay
+from torchdoctor.scriptrun import overlay, overlaypaths
 from torchdoctor.scriptrun.observations import RunStatus, ScriptRun
 from torchdoctor.scriptrun.overlay import ScratchOverlay
 from torchdoctor.scriptrun.overlaypaths import ScratchView
@@ -136,6 +136,7 @@ print("ERRORS OK")
 
 def _user_project(root: Path) -> Path:
     """A directory with the user's own files in it."""
+    root.mkdir(exist_ok=True)
     torch.save({"w": torch.arange(6.0)}, root / "model.pt")
     (root / "log.txt").write_text("old\n")
     (root / "old.txt").write_text("old\n")
@@ -161,6 +162,37 @@ def _run(root: Path, source: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def _scratch_dirs() -> set[str]:
     return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("torchdoctor-scratch")}
+
+
+def test_exempt_paths_are_left_alone_and_the_project_is_covered_even_in_tmp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    temporary = tempfile.gettempdir()
+    project = tmp_path / "project"
+    view = ScratchView(str(tmp_path / "scratch"), overlaypaths.exempt_prefixes(), (str(project),))
+    assert view.real("/dev/null") is None and view.real("/proc/self/status") is None
+    assert view.real(tmp_path / "scratch" / "x") is None  # the scratch itself
+    assert view.real(os.path.join(temporary, "tmpabc", "f")) is None  # a temporary file
+    assert view.real(os.path.join(temporary, "pymp-x", "listener")) is None
+    assert view.real(os.path.expanduser("~/.cache/torch/hub/w.pth")) is None
+    assert view.real(project / "model.pt") == str(project / "model.pt")
+    assert view.real(project) == str(project)
+    assert view.real("/home/someone/model.pt") == "/home/someone/model.pt"
+    assert view.real(3) is None  # a file descriptor
+
+
+def test_files_outside_the_working_directory_show_relative_to_the_script(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = _user_project(tmp_path / "project")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = project / "train.py"
+    script.write_text("import os\nopen(os.path.join(os.path.dirname(__file__), 'o.txt'), "
+                      "'w').write('x')\n")
+    monkeypatch.chdir(elsewhere)
+    result = run_script(script, CheckOptions())
+    assert [(w.path, w.size) for w in result.run.written] == [("o.txt", 1)]
+    assert not (project / "o.txt").exists()
 
 
 def test_a_checkpoint_overwritten_by_the_script_stays_bit_identical(

@@ -92,11 +92,21 @@ class ScratchOverlay:
         self._patches.undo()
         try:
             written = list(self._view.written())
-            self.run.written = [WrittenFile(display_path(f.path), f.size, f.action)
+            self.run.written = [WrittenFile(self._shown(f.path), f.size, f.action)
                                 for f in written[:LISTED_FILES]]
             self.run.written_more = max(len(written) - LISTED_FILES, 0)
         finally:
             shutil.rmtree(self._root, ignore_errors=True)
+
+
+    def _shown(self, path: str) -> str:
+        """``path`` relative to the working directory, else to the script's directory,
+        when below one of them (the report's form)."""
+        shown = display_path(path)
+        for directory in self._protected[1:]:
+            if os.path.isabs(shown) and path.startswith(os.path.join(directory, "")):
+                return os.path.relpath(path, directory)
+        return shown
 
 
 def _installers(link: Link) -> Iterator[Callable[[PatchSet], None]]:
