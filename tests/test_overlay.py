@@ -195,6 +195,29 @@ def test_files_outside_the_working_directory_show_relative_to_the_script(
     assert not (project / "o.txt").exists()
 
 
+def test_a_script_can_go_into_a_directory_it_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Hydra does: make outputs/<run>, chdir into it, write there; the working
+    directory is the starting one again after the run."""
+    project = _user_project(tmp_path)
+    before = _tree(project)
+    result = _run(project, f"""
+        import os, torch
+        os.makedirs("outputs/run1")
+        os.chdir("outputs/run1")
+        assert os.getcwd() == {str(project / "outputs" / "run1")!r}
+        torch.save({{"a": 1}}, "m.pt")
+        assert torch.load("m.pt") == {{"a": 1}} and os.listdir(".") == ["m.pt"]
+        assert os.path.exists("../../model.pt")  # the user's file, from in there
+        print("CHDIR OK")
+        """, monkeypatch)
+    assert result.run.status is RunStatus.COMPLETED, result.run.error
+    assert "CHDIR OK" in result.output
+    assert os.getcwd() == str(project)
+    assert _tree(project) == {**before, "train.py": _tree(project)["train.py"]}
+    assert [w.path for w in result.run.written] == ["outputs/run1/m.pt"]
+
+
 def test_a_checkpoint_overwritten_by_the_script_stays_bit_identical(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = _user_project(tmp_path)

@@ -14,7 +14,7 @@ Redirected: ``builtins.open`` and ``io.open``; ``os.open``, ``stat``/``lstat``/`
 ``mkdir`` (so ``os.makedirs``, ``pathlib.Path.mkdir``), ``remove``/``unlink``/``rmdir``,
 ``rename``/``replace``, ``listdir``/``scandir`` (so ``os.walk``, ``glob``),
 ``chmod``/``utime``/``truncate`` and the xattr calls (so ``shutil.copy*`` and
-``Path.touch``); ``shutil.rmtree``; ``torch.save``/``torch.load`` with a path (torch
+``Path.touch``), ``chdir``/``getcwd`` (a directory the script made can be entered); ``shutil.rmtree``; ``torch.save``/``torch.load`` with a path (torch
 opens str paths in C++); numpy's ``save``/``savez``/``savez_compressed``/``savetxt`` and
 ``load``/``loadtxt``/``genfromtxt``. pathlib, shutil, tempfile, logging, Pillow and
 matplotlib's ``savefig`` go through these. DataLoader workers started by fork inherit
@@ -43,6 +43,8 @@ from torchdoctor.scriptrun.redirects import (
     Link,
     Wrapper,
     changing,
+    chdir,
+    getcwd,
     listdir,
     mkdir,
     opening,
@@ -91,6 +93,8 @@ class ScratchOverlay:
         self._link.cut()
         self._patches.undo()
         try:
+            if self._view.unscratch(os.getcwd()) != os.getcwd():  # the script is in there
+                os.chdir(self._protected[0])
             written = list(self._view.written())
             self.run.written = [WrittenFile(self._shown(f.path), f.size, f.action)
                                 for f in written[:LISTED_FILES]]
@@ -128,6 +132,9 @@ def _installers(link: Link) -> Iterator[Callable[[PatchSet], None]]:
     yield _patching(os, "listdir", listdir, link)
     yield _patching(os, "scandir", scandir, link)
     yield _patching(shutil, "rmtree", rmtree, link)
+    yield _patching(os, "chdir", chdir, link)
+    yield _patching(os, "getcwd", getcwd, link)
+    yield _patching(os, "getcwdb", getcwd, link)
     yield from _library_installers(link)
 
 

@@ -42,6 +42,7 @@ _lstat = os.lstat
 _stat = os.stat
 _mkdir = os.mkdir
 _listdir = os.listdir
+_getcwd = os.getcwd
 _chmod = os.chmod
 _real_open = open
 
@@ -120,6 +121,15 @@ class ScratchView:
             return None  # a temporary file, not in the user's project
         return absolute
 
+    def unscratch(self, path: str) -> str:
+        """The real path whose scratch copy is ``path`` (``path`` itself when it is not
+        in scratch): what ``os.getcwd()`` says inside a directory the script made."""
+        if path == self.root:
+            return os.sep
+        if path.startswith(os.path.join(self.root, "")):
+            return os.sep + os.path.relpath(path, self.root)
+        return path
+
     def scratch(self, real: str) -> str:
         """Where the scratch copy of the absolute path ``real`` lives."""
         return os.path.join(self.root, real.lstrip(os.sep))
@@ -164,13 +174,22 @@ class ScratchView:
         Raises FileNotFoundError for a path the script removed."""
         real = self.real(path)
         if real is None:
-            return path
+            return self.passed(path)
         scratch = self.scratch(real)
         if _exists(scratch):
             return _same_type(scratch, path)
         if not self._visible(real):
             raise missing(path)
-        return path
+        return self.passed(path)
+
+    def passed(self, path: Any) -> Any:
+        """``path`` as the original function must get it: a relative path made absolute
+        while the process's working directory is a scratch one (the script went into a
+        directory it made), where the original would resolve it inside scratch."""
+        if not isinstance(path, (str, bytes, os.PathLike)) or os.path.isabs(path) or \
+                not os.path.join(_getcwd(), "").startswith(os.path.join(self.root, "")):
+            return path
+        return _same_type(os.path.abspath(os.fsdecode(path)), path)
 
     def for_write(self, path: Any, keep_content: bool = False) -> Any:
         """The path to write for ``path``: its scratch copy, made ready (its directory
@@ -178,7 +197,7 @@ class ScratchView:
         FileNotFoundError when the directory does not exist in the view."""
         real = self.real(path)
         if real is None:
-            return path
+            return self.passed(path)
         if self.is_dir(real):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), _shown(path))
         scratch = self.scratch(real)

@@ -23,6 +23,40 @@ Link = RunLink[ScratchView]
 Wrapper = Callable[..., Any]
 
 
+def chdir(original: Wrapper, link: Link) -> Wrapper:
+    """``os.chdir``: into the real directory when it exists, else into the scratch one
+    the script made (``os.getcwd()`` still names the real path, see :func:`getcwd`)."""
+
+    @functools.wraps(original)
+    def chdir(path: Any) -> None:
+        view = link.get()
+        real = view.real(path) if view is not None else None
+        if view is None or real is None:
+            return original(path)
+        in_scratch, in_real = view.layers(real)
+        if in_scratch and not in_real:
+            return original(view.scratch(real))
+        return original(view.passed(path) if in_real else view.for_read(path))
+
+    return chdir
+
+
+def getcwd(original: Wrapper, link: Link) -> Wrapper:
+    """``os.getcwd``/``getcwdb``: the real path of a scratch directory the script went
+    into, so that relative paths resolve (``os.path.abspath``) as the script meant."""
+
+    @functools.wraps(original)
+    def getcwd() -> Any:
+        cwd = original()
+        view = link.get()
+        if view is None:
+            return cwd
+        shown = view.unscratch(os.fsdecode(cwd))
+        return os.fsencode(shown) if isinstance(cwd, bytes) else shown
+
+    return getcwd
+
+
 def _with_dir_fd(path: Any, dir_fd: int | None) -> tuple[Any, int | None]:
     """``(path, dir_fd)`` with a name relative to ``dir_fd`` made absolute (through
     /proc/self/fd), so that the view can judge it; unchanged where that is not possible."""
@@ -235,7 +269,7 @@ def scandir(original: Wrapper, link: Link) -> Wrapper:
             return original(path)
         in_scratch, in_real = view.layers(real)
         if in_scratch and in_real:
-            return _MergedScan(original(view.scratch(real)), original(path),
+            return _MergedScan(original(view.scratch(real)), original(view.passed(path)),
                                set(view.listing(real)))
         return original(view.scratch(real) if in_scratch else view.for_read(path))
 
