@@ -14,8 +14,9 @@ Redirected: ``builtins.open`` and ``io.open``; ``os.open``, ``stat``/``lstat``/`
 ``mkdir`` (so ``os.makedirs``, ``pathlib.Path.mkdir``), ``remove``/``unlink``/``rmdir``,
 ``rename``/``replace``, ``listdir``/``scandir`` (so ``os.walk``, ``glob``),
 ``chmod``/``utime``/``truncate`` and the xattr calls (so ``shutil.copy*`` and
-``Path.touch``), ``chdir``/``getcwd`` (a directory the script made can be entered); ``shutil.rmtree``; ``torch.save``/``torch.load`` with a path (torch
-opens str paths in C++); numpy's ``save``/``savez``/``savez_compressed``/``savetxt`` and
+``Path.touch``), ``chdir``/``getcwd`` (a directory the script made can be entered);
+``shutil.rmtree``; ``torch.save``/``torch.load`` with a path (torch opens str paths in
+C++); numpy's ``save``/``savez``/``savez_compressed``/``savetxt`` and
 ``load``/``loadtxt``/``genfromtxt``. pathlib, shutil, tempfile, logging, Pillow and
 matplotlib's ``savefig`` go through these. DataLoader workers started by fork inherit
 the overlay. Not covered: processes the script spawns (``spawn`` start method,
