@@ -152,7 +152,9 @@ class Diagnosis:
             target=self.target, mode=_mode_name(ctx), data=_data_name(ctx),
             device=self.options.device, seconds=time.perf_counter() - self._started,
             checks=results, run_findings=self.run_findings(),
-            notes=self.notes + (ctx.run.notes if ctx.run else []))
+            notes=self.notes + (ctx.run.notes if ctx.run else []),
+            written=list(ctx.run.written) if ctx.run else [],
+            written_more=ctx.run.written_more if ctx.run else 0)
 
     def _prepare(self) -> CheckContext:
         from torchdoctor.reference.data import NOTICE
