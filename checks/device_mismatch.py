@@ -6,7 +6,8 @@ running; on a machine without a GPU the script runs with an emulated one
 (:mod:`torchdoctor.scriptrun.gpuemu`) and every operation that mixed GPU and CPU tensors
 is reported at its line, with where the CPU tensor came from. Model mode finds what a
 CPU-only machine hides: tensors kept as plain module attributes, submodules in plain
-lists or dicts, and tensors created in forward without ``device=`` (found by running a copy of the model on the ``meta`` device).
+lists or dicts, and tensors created in forward without ``device=`` (found by running a
+copy of the model on the ``meta`` device).
 """
 
 from __future__ import annotations
