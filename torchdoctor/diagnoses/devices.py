@@ -189,15 +189,16 @@ def tensor_off_device_message(label: str, shape: str, device: str, home: str | N
 #: what torch raises on a GPU for a mixed operation
 SAME_DEVICE_ERROR = '"Expected all tensors to be on the same device"'
 
+#: factories with a ``*_like`` form (same shape and device as another tensor)
+_HAS_LIKE = frozenset({"ones", "zeros", "empty", "full", "rand", "randn", "randint"})
 _CAUSES = {
     "loader": ("it is a DataLoader batch (fetched at {created}) that was never moved to the "
                "GPU", "move every tensor of the batch, in every loop (train and eval): "
                "inputs, labels = inputs.to(device), labels.to(device)"),
     "factory": ("it was created at {created} by torch.{detail}(...) without device=, so it "
                 "stays on the CPU when the rest moves",
-                "create it on the device: torch.{detail}(..., device=x.device) (or "
-                "torch.{detail}_like(x)); a tensor made once outside the loop: "
-                "t = t.to(device) after creating it"),
+                "create it on the device: torch.{detail}(..., device=x.device){like}; a "
+                "tensor made once outside the loop: t = t.to(device) after creating it"),
     "attribute": ("{detail} is a plain tensor attribute (assigned at {created}), not a "
                   "buffer: model.to(device) does not move it",
                   'self.register_buffer("{attr}", ...) in __init__ instead of '
@@ -221,8 +222,9 @@ def emulated_mix_text(record: DeviceMixRecord, source: str) -> tuple[str, str]:
     (``source``: the text of the user's line)."""
     cause, hint = _CAUSES.get(record.origin, ("", MOVE_HINT))
     attr = record.detail.rsplit(".", 1)[-1]
+    like = f" (or torch.{record.detail}_like(x))" if record.detail in _HAS_LIKE else ""
     fill = {"created": record.created_at or "an unknown line", "detail": record.detail,
-            "attr": attr}
+            "attr": attr, "like": like}
     line = f" (`{source}`)" if source else ""
     if record.origin == "numpy":
         message = f"{record.gpu} is converted to numpy{line}: {cause.format(**fill)}"
