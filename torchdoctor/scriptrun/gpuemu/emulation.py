@@ -42,7 +42,7 @@ class GpuEmulation:
         self.run = run
         self.enabled = enabled
         self.table = DeviceTable()
-        self.recorder = MixRecorder()
+        self.recorder = MixRecorder(run.device_mixes)
         self.mode = EmulationMode(self.table, self.recorder)
         self._patches = PatchSet()
         self._pushed = False
@@ -66,7 +66,6 @@ class GpuEmulation:
         if self._pushed:
             self._pop()
         self._patches.undo()
-        self.run.device_mixes = self.recorder.records()
         self.table.clear()
 
     def _pop(self) -> None:

@@ -237,6 +237,8 @@ class EmulationMode(TorchFunctionMode):
             if result is not tensor:
                 self.table.tag(result, self.table.device_of(tensor))
             return result
+        if device.type not in ("cuda", "cpu"):  # meta, mps...: a real move, untagged
+            return torch.Tensor.to(tensor, *rest, **kwargs)
         return self._move(tensor, emulated_device(device), dtype, non_blocking,
                           kwargs.get("copy", False))
 

@@ -25,10 +25,12 @@ def describe(tensor: Any, device: Any) -> str:
 
 
 class MixRecorder:
-    """The mixes of one run, deduplicated by user line and cause."""
+    """The mixes of one run, deduplicated by user line and cause, kept up to date in
+    ``sink`` (the run's list)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: list[DeviceMixRecord]) -> None:
         self._records: dict[tuple[Any, ...], DeviceMixRecord] = {}
+        self._sink = sink
 
     def records(self) -> list[DeviceMixRecord]:
         """What was recorded, in order of first sight."""
@@ -62,6 +64,7 @@ class MixRecorder:
         seen = self._records.get(key)
         self._records[key] = record if seen is None else \
             dataclasses.replace(seen, count=seen.count + 1)
+        self._sink[:] = self._records.values()
 
 
 def explain(tensor: Any, frame: types.FrameType,
