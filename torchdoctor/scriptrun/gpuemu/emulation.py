@@ -10,7 +10,7 @@ from torch.overrides import _get_current_function_mode_stack, _pop_mode
 
 from torchdoctor.scriptrun.gpuemu.mode import EmulationMode
 from torchdoctor.scriptrun.gpuemu.record import MixRecorder
-from torchdoctor.scriptrun.gpuemu.shims import DEVICE_NAME, install_shims
+from torchdoctor.scriptrun.gpuemu.shims import install_shims
 from torchdoctor.scriptrun.gpuemu.table import DeviceTable
 from torchdoctor.scriptrun.gpuemu.wraps import install_wraps
 from torchdoctor.scriptrun.patches import PatchSet
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 #: the report's note for an emulated run
 NOTE = ("GPU emulation: this machine has no GPU, so the script ran as if one were there "
-        f"(torch.cuda answers for one device, {DEVICE_NAME!r}; tensors compute on the CPU "
-        "but carry the device the script gave them) and every operation that would mix "
-        "GPU and CPU tensors on a real GPU was recorded (--gpu-emulation off turns this off)")
+        "(tensors compute on the CPU but keep the device the script gave them; operations "
+        "that mix GPU and CPU tensors are reported where a real GPU would raise); "
+        "--gpu-emulation off turns this off")
 
 
 def wants_emulation(options: CheckOptions) -> bool:
