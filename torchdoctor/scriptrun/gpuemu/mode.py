@@ -113,6 +113,8 @@ class EmulationMode(TorchFunctionMode):
             return self._set(func, args)
         if kwargs.get("device") is not None:
             return self._on_device(func, args, kwargs)
+        if self.table.fetching:
+            return func(*args, **kwargs)
         tensors = _tensors(args, kwargs)
         if not tensors:
             result = func(*args, **kwargs)

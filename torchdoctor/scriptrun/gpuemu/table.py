@@ -36,6 +36,9 @@ class DeviceTable:
     the program made itself (``set_origin``/``origin_of``)."""
 
     def __init__(self) -> None:
+        #: a DataLoader is making a batch: the batch is marked as a whole afterwards, so
+        #: the dataset's per-sample CPU work needs no bookkeeping
+        self.fetching = False
         self._devices: dict[int, tuple[weakref.ref[Any], torch.device]] = {}
         self._origins: dict[int, tuple[weakref.ref[Any], Origin]] = {}
 

@@ -113,7 +113,11 @@ class _MarkedBatches:
         return self
 
     def __next__(self) -> Any:
-        batch = next(self._batches)
+        fetching, self._table.fetching = self._table.fetching, True
+        try:
+            batch = next(self._batches)
+        finally:
+            self._table.fetching = fetching
         origin = Origin("loader", "", user_callsite(2))
         for tensor in iter_tensors(batch):
             if tensor.dim() > 0 and self._table.device_of(tensor) is None:
