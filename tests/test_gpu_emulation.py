@@ -201,3 +201,15 @@ def test_state_dicts_saved_on_the_emulated_gpu_load_with_map_location(
         on_gpu = state["weight"].is_cuda
     assert on_gpu is (map_location is not None)  # saved from CPU storage: None keeps it
     assert run.device_mixes == []
+
+
+def test_a_numpy_array_made_tensor_never_moved_is_recorded(emulated: ScriptRun) -> None:
+    """nanoGPT's get_batch shape: torch.from_numpy (no function mode sees it) then stack."""
+    import numpy as np
+
+    weight = torch.randn(5, 3, device="cuda")
+    targets = torch.stack([torch.from_numpy(np.arange(3)) for _ in range(2)])
+    _ = nn.functional.embedding(targets, weight)
+    [mix] = emulated.device_mixes
+    assert (mix.origin, mix.detail) == ("factory", "from_numpy")
+    assert mix.created_at is not None and mix.created_at.file.endswith("test_gpu_emulation.py")

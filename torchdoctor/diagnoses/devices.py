@@ -195,10 +195,9 @@ _CAUSES = {
     "loader": ("it is a DataLoader batch (fetched at {created}) that was never moved to the "
                "GPU", "move every tensor of the batch, in every loop (train and eval): "
                "inputs, labels = inputs.to(device), labels.to(device)"),
-    "factory": ("it was created at {created} by torch.{detail}(...) without device=, so it "
+    "factory": ("it was created at {created} by torch.{detail}(...){without}, so it "
                 "stays on the CPU when the rest moves",
-                "create it on the device: torch.{detail}(..., device=x.device){like}; a "
-                "tensor made once outside the loop: t = t.to(device) after creating it"),
+                "{make}"),
     "attribute": ("{detail} is a plain tensor attribute (assigned at {created}), not a "
                   "buffer: model.to(device) does not move it",
                   'self.register_buffer("{attr}", ...) in __init__ instead of '
@@ -217,17 +216,27 @@ _CAUSES = {
 }
 
 
+def _factory_fix(factory: str) -> str:
+    if factory == "from_numpy":
+        return ("move it to the device before it meets GPU tensors: "
+                "t = torch.from_numpy(a).to(device)")
+    like = f" (or torch.{factory}_like(x))" if factory in _HAS_LIKE else ""
+    return (f"create it on the device: torch.{factory}(..., device=x.device){like}; a "
+            "tensor made once outside the loop: t = t.to(device) after creating it")
+
+
 def emulated_mix_text(record: DeviceMixRecord, source: str) -> tuple[str, str]:
     """``(message, fix)`` for an operation that mixed the emulated GPU with the CPU
     (``source``: the text of the user's line)."""
     cause, hint = _CAUSES.get(record.origin, ("", MOVE_HINT))
-    attr = record.detail.rsplit(".", 1)[-1]
-    like = f" (or torch.{record.detail}_like(x))" if record.detail in _HAS_LIKE else ""
     fill = {"created": record.created_at or "an unknown line", "detail": record.detail,
-            "attr": attr, "like": like}
+            "attr": record.detail.rsplit(".", 1)[-1], "make": _factory_fix(record.detail),
+            "without": " and never moved" if record.detail == "from_numpy" else
+            " without device="}
     line = f" (`{source}`)" if source else ""
     if record.origin == "numpy":
-        message = f"{record.gpu} is converted to numpy{line}: {cause.format(**fill)}"
+        message = (f"{record.gpu} is converted to numpy{line}: {cause.format(**fill)} "
+                   "(found with an emulated GPU)")
     else:
         message = (f"{record.op}{line} mixes {record.gpu} with {record.other}"
                    f"{': ' + cause.format(**fill) if cause else ''}; on a GPU this line "

@@ -46,7 +46,7 @@ ALLOWED_MIXES = frozenset({
 })
 #: factories whose result, made without ``device=``, is a CPU tensor of the program's own
 FACTORIES = frozenset({
-    "tensor", "as_tensor", "from_numpy", "ones", "zeros", "empty", "full", "rand", "randn",
+    "tensor", "as_tensor", "asarray", "ones", "zeros", "empty", "full", "rand", "randn",
     "randint", "randperm", "arange", "linspace", "logspace", "eye", "normal", "bernoulli",
     "tril_indices", "triu_indices", "empty_strided",
 })

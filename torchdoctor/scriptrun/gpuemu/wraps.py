@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from torchdoctor.scriptrun.callsite import user_callsite
 from torchdoctor.scriptrun.gpuemu.mode import emulated_device
 from torchdoctor.scriptrun.gpuemu.table import DeviceTable, Origin
+from torchdoctor.scriptrun.gpuemu.where import user_line
 from torchdoctor.scriptrun.patches import PatchSet
 from torchdoctor.tensors import iter_tensors
 
@@ -26,6 +27,7 @@ def install_wraps(patches: PatchSet, table: DeviceTable) -> None:
         if cls is not None and "__new__" in vars(cls):
             patches.patch(cls, "__new__", staticmethod(_wrap_new(cls, table)))
     patches.patch(torch, "load", _wrap_load(torch.load, table))
+    patches.patch(torch, "from_numpy", _wrap_from_numpy(torch.from_numpy, table))
     patches.patch(DataLoader, "__iter__", _wrap_iter(DataLoader.__iter__, table))
 
 
@@ -42,6 +44,18 @@ def _wrap_new(cls: type, table: DeviceTable) -> Callable[..., Any]:
                 table.set_origin(made, origin)
         return made
     return emulated_new
+
+
+def _wrap_from_numpy(original: Callable[..., Any], table: DeviceTable) -> Callable[..., Any]:
+    """``torch.from_numpy`` (no function mode sees it): its result is a CPU tensor of the
+    program's own, made at the user's line."""
+    def emulated_from_numpy(array: Any) -> torch.Tensor:
+        tensor: torch.Tensor = original(array)
+        where = user_line()
+        if where is not None and tensor.dim() > 0:
+            table.set_origin(tensor, Origin("factory", "from_numpy", where))
+        return tensor
+    return emulated_from_numpy
 
 
 def _wrap_load(load: Callable[..., Any], table: DeviceTable) -> Callable[..., Any]:
