@@ -139,6 +139,7 @@ def test_torch_cuda_answers_for_one_gpu_and_is_restored() -> None:
         assert torch.accelerator.current_accelerator() == torch.device("cuda")
         assert "torchdoctor" in torch.cuda.get_device_name(0)
         torch.cuda.manual_seed_all(1)
+        torch.cuda.set_rng_state_all(torch.cuda.get_rng_state_all())  # a checkpoint's
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         assert torch.cuda.memory_allocated() == 0
@@ -213,3 +214,14 @@ def test_a_numpy_array_made_tensor_never_moved_is_recorded(emulated: ScriptRun) 
     [mix] = emulated.device_mixes
     assert (mix.origin, mix.detail) == ("factory", "from_numpy")
     assert mix.created_at is not None and mix.created_at.file.endswith("test_gpu_emulation.py")
+
+
+def test_a_whole_model_loaded_for_cuda_is_on_the_emulated_gpu(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    run = ScriptRun("test")
+    with GpuEmulation(run, True):
+        torch.save(nn.Linear(3, 2), path)
+        model = torch.load(path, map_location="cuda", weights_only=False)
+        assert all(p.is_cuda for p in model.parameters())
+        _ = model(torch.randn(4, 3, device="cuda"))
+    assert run.device_mixes == []

@@ -3,9 +3,10 @@ with one GPU while the emulation runs (each patched through a PatchSet and resto
 
 torchdoctor's own code keeps seeing the truth: :func:`is_available` and
 :func:`device_count` answer for the machine when asked from torchdoctor's modules.
-``manual_seed`` and friends do nothing: the emulated GPU has no generator of its own
-(its tensors are drawn from the CPU's), and the real CUDA generators must not change
-behind the program's back.
+``manual_seed``, ``set_rng_state`` and friends do nothing: the emulated GPU has no
+generator of its own (its tensors are drawn from the CPU's; ``get_rng_state`` answers
+with a copy of the CPU's state, for checkpoints that save it), and the real CUDA
+generators must not change behind the program's back.
 """
 
 from __future__ import annotations
@@ -119,7 +120,10 @@ def _cuda_shims() -> Iterator[tuple[str, Any]]:
     yield "stream", _const(contextlib.nullcontext())
     yield "is_current_stream_capturing", _const(False)
     yield "mem_get_info", _const((_TOTAL_MEMORY, _TOTAL_MEMORY))
-    for name in ("set_device", "synchronize", "empty_cache", "ipc_collect",
+    yield "get_rng_state", lambda device="cuda": torch.get_rng_state()
+    yield "get_rng_state_all", lambda: [torch.get_rng_state()]
+    yield "initial_seed", lambda: torch.initial_seed()
+    for name in ("set_rng_state", "set_rng_state_all", "set_device", "synchronize", "empty_cache", "ipc_collect",
                  "reset_peak_memory_stats", "reset_max_memory_allocated",
                  "reset_accumulated_memory_stats", "manual_seed", "manual_seed_all",
                  "seed", "seed_all"):

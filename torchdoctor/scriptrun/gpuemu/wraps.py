@@ -76,7 +76,9 @@ def _wrap_load(load: Callable[..., Any], table: DeviceTable) -> Callable[..., An
             map_location = _remapping(map_location, asked)
         result = load(f, map_location, *args, **kwargs)
         if asked:
-            for tensor in iter_tensors(result):
+            found = [*result.parameters(), *result.buffers()] \
+                if isinstance(result, nn.Module) else iter_tensors(result)
+            for tensor in found:
                 table.tag(tensor, asked[0])
         return result
     return emulated_load
