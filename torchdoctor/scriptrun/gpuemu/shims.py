@@ -125,8 +125,8 @@ def _cuda_shims() -> Iterator[tuple[str, Any]]:
     yield "initial_seed", lambda: torch.initial_seed()
     for name in ("set_rng_state", "set_rng_state_all", "set_device", "synchronize",
                  "empty_cache", "ipc_collect", "reset_peak_memory_stats",
-                 "reset_max_memory_allocated", "reset_accumulated_memory_stats", "manual_seed", "manual_seed_all",
-                 "seed", "seed_all"):
+                 "reset_max_memory_allocated", "reset_accumulated_memory_stats",
+                 "manual_seed", "manual_seed_all", "seed", "seed_all"):
         yield name, _const(None)
     for name in ("memory_allocated", "max_memory_allocated", "memory_reserved",
                  "max_memory_reserved"):
