@@ -150,7 +150,14 @@ def test_torch_cuda_answers_for_one_gpu_and_is_restored() -> None:
         assert wants_emulation(CheckOptions()) is True  # torchdoctor's code sees the truth
     assert torch.cuda.is_available is real and not torch.cuda.is_available()
     assert torch.equal(torch.get_rng_state(), rng)
-    assert run.gpu_emulated and any("GPU emulation" in n for n in run.notes)
+    assert run.gpu_emulated and run.notes == []  # nothing was put on the GPU: no note
+
+
+def test_the_report_notes_the_emulation_when_the_gpu_was_used() -> None:
+    run = ScriptRun("test")
+    with GpuEmulation(run, True):
+        torch.ones(1).cuda()
+    assert any("GPU emulation" in n for n in run.notes)
 
 
 def test_nothing_is_left_installed_after_the_run() -> None:

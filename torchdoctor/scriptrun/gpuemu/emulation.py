@@ -59,13 +59,14 @@ class GpuEmulation:
             raise
         self._pushed = True
         self.run.gpu_emulated = True
-        self.run.notes.append(NOTE)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._pushed:
             self._pop()
         self._patches.undo()
+        if self.table.used:  # a script that never put a tensor on the GPU needs no note
+            self.run.notes.append(NOTE)
         self.table.clear()
 
     def _pop(self) -> None:

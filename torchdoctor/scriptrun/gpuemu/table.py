@@ -39,6 +39,8 @@ class DeviceTable:
         #: a DataLoader is making a batch: the batch is marked as a whole afterwards, so
         #: the dataset's per-sample CPU work needs no bookkeeping
         self.fetching = False
+        #: whether any tensor was ever put on the emulated GPU
+        self.used = False
         self._devices: dict[int, tuple[weakref.ref[Any], torch.device]] = {}
         self._origins: dict[int, tuple[weakref.ref[Any], Origin]] = {}
 
@@ -62,6 +64,7 @@ class DeviceTable:
             return
         self._devices[key] = (weakref.ref(tensor, partial(_drop, self._devices, key)), device)
         self._origins.pop(key, None)
+        self.used = True
 
     def origin_of(self, tensor: torch.Tensor) -> Origin | None:
         """Where a CPU tensor of the program came from, when known."""
