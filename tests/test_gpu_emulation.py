@@ -162,7 +162,8 @@ def test_the_report_notes_the_emulation_when_the_gpu_was_used() -> None:
 
 def test_nothing_is_left_installed_after_the_run() -> None:
     before = (vars(nn.Parameter)["__new__"], torch.load, DataLoader.__iter__,
-              torch.cuda.device_count, torch.accelerator.is_available)
+              torch.cuda.device_count, torch.accelerator.is_available,
+              torch.backends.cudnn.is_acceptable, torch.from_numpy)
     with GpuEmulation(ScriptRun("test"), True):
         kept = torch.ones(2).cuda()
     after = (vars(nn.Parameter)["__new__"], torch.load, DataLoader.__iter__,
@@ -232,3 +233,20 @@ def test_a_whole_model_loaded_for_cuda_is_on_the_emulated_gpu(tmp_path: Path) ->
         assert all(p.is_cuda for p in model.parameters())
         _ = model(torch.randn(4, 3, device="cuda"))
     assert run.device_mixes == []
+
+
+def test_packed_sequences_keep_their_lengths_on_the_cpu(emulated: ScriptRun) -> None:
+    """torch wants the lengths of a packed sequence on the CPU: no mix, and the lengths
+    pad_packed_sequence returns are CPU tensors, as on a GPU."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    loader = DataLoader(TensorDataset(torch.randn(4, 5, 3), torch.tensor([5, 4, 2, 1])),
+                        batch_size=4)
+    rnn = nn.GRU(3, 6, batch_first=True).cuda()
+    for inputs, lengths in loader:
+        packed = pack_padded_sequence(inputs.cuda(), lengths, batch_first=True)
+        output, out_lengths = pad_packed_sequence(rnn(packed)[0], batch_first=True)
+        assert output.is_cuda and not out_lengths.is_cuda
+        mask = torch.arange(output.shape[1])[None, :] < out_lengths[:, None]
+        assert not mask.is_cuda
+    assert emulated.device_mixes == []

@@ -43,7 +43,12 @@ ALLOWED_MIXES = frozenset({
     "type_as", "set_", "_has_compatible_shallow_copy_type", "expand_as", "view_as",
     "reshape_as", "size", "dim", "__len__", "__repr__", "__format__", "__deepcopy__",
     "__set__", "is_same_size", "numel",
+    # sequence lengths and batch sizes live on the CPU by torch's own rule
+    "_pack_padded_sequence", "_pad_packed_sequence", "ctc_loss",
 })
+#: calls whose first output follows the GPU input and the rest stay on the CPU (the
+#: batch sizes and lengths of packed sequences)
+FIRST_OUTPUT_ONLY = frozenset({"_pack_padded_sequence", "_pad_packed_sequence"})
 #: factories whose result, made without ``device=``, is a CPU tensor of the program's own
 FACTORIES = frozenset({
     "tensor", "as_tensor", "asarray", "ones", "zeros", "empty", "full", "rand", "randn",
@@ -140,7 +145,8 @@ class EmulationMode(TorchFunctionMode):
         if name not in ALLOWED_MIXES:
             self._check_mix(name, gpu, gpu_tensor, tensors)
         result = func(*args, **kwargs)
-        for out in _outputs(result):
+        outputs = _outputs(result)
+        for out in outputs[:1] if name in FIRST_OUTPUT_ONLY else outputs:
             self.table.tag(out, gpu)
         return result
 

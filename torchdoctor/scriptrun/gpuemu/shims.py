@@ -98,6 +98,15 @@ class _Stream:
         return recorded
 
 
+class _InDevice(contextlib.nullcontext):  # type: ignore[type-arg]
+    """``with torch.cuda.device(i)`` / ``device_of(t)``: one emulated device, nothing to
+    switch."""
+
+    def __init__(self, device: Any = None) -> None:
+        super().__init__()
+        self.idx = 0
+
+
 def _properties(device: Any = None) -> types.SimpleNamespace:
     return types.SimpleNamespace(name=DEVICE_NAME, total_memory=_TOTAL_MEMORY, major=8,
                                  minor=0, multi_processor_count=1, is_integrated=False,
@@ -118,6 +127,8 @@ def _cuda_shims() -> Iterator[tuple[str, Any]]:
     yield "current_stream", _const(_Stream())
     yield "default_stream", _const(_Stream())
     yield "stream", _const(contextlib.nullcontext())
+    yield "device", _InDevice
+    yield "device_of", _InDevice
     yield "is_current_stream_capturing", _const(False)
     yield "mem_get_info", _const((_TOTAL_MEMORY, _TOTAL_MEMORY))
     yield "get_rng_state", lambda device="cuda": torch.get_rng_state()
@@ -145,7 +156,10 @@ def _accelerator_shims() -> Iterator[tuple[str, Any]]:
 
 
 def install_shims(patches: PatchSet) -> None:
-    """Patch ``torch.cuda`` (and ``torch.accelerator``) for a one-GPU machine."""
+    """Patch ``torch.cuda`` (and ``torch.accelerator``) for a one-GPU machine; cuDNN
+    accepts no tensor (an RNN's ``flatten_parameters`` is then the no-op it is on the
+    CPU)."""
+    patches.patch(torch.backends.cudnn, "is_acceptable", _const(False))
     for name, value in _cuda_shims():
         if hasattr(torch.cuda, name):
             patches.patch(torch.cuda, name, value)
