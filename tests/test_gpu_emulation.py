@@ -167,7 +167,8 @@ def test_nothing_is_left_installed_after_the_run() -> None:
     with GpuEmulation(ScriptRun("test"), True):
         kept = torch.ones(2).cuda()
     after = (vars(nn.Parameter)["__new__"], torch.load, DataLoader.__iter__,
-             torch.cuda.device_count, torch.accelerator.is_available)
+             torch.cuda.device_count, torch.accelerator.is_available,
+             torch.backends.cudnn.is_acceptable, torch.from_numpy)
     assert after == before
     assert torch.overrides._get_current_function_mode_stack() == []
     assert kept.device.type == "cpu"  # the tag is gone with the run
