@@ -4,12 +4,16 @@ own instrumentation (never reported: it runs inside the emulation too)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import types
 from functools import lru_cache
 
 from torchdoctor.scriptrun.callsite import is_user_file, location_of
 from torchdoctor.scriptrun.observations import CodeLocation
+
+#: installed third-party packages (a user's own code is not installed into them)
+_INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]")
 
 
 @lru_cache(maxsize=1)
@@ -37,12 +41,12 @@ def _transparent() -> tuple[str, ...]:
 def _kind(path: str) -> str:
     """``user``, ``pass`` (torch, the standard library, our pass-through frames) or
     ``ours`` (torchdoctor's instrumentation)."""
-    if is_user_file(path):
-        return "user"
     real = os.path.realpath(path)
-    if real.startswith(_transparent()) or not real.startswith(_our_roots()):
+    if real.startswith(_our_roots()):  # first: torchdoctor may be installed too
+        return "pass" if real.startswith(_transparent()) else "ours"
+    if _INSTALLED.search(real) or not is_user_file(path):  # torchvision, timm, torch
         return "pass"
-    return "ours"
+    return "user"
 
 
 def user_frame() -> types.FrameType | None:
@@ -68,4 +72,4 @@ def user_line() -> CodeLocation | None:
 
 def is_ours(path: str) -> bool:
     """Whether ``path`` is one of torchdoctor's files (its checks included)."""
-    return _kind(path) != "user" and os.path.realpath(path).startswith(_our_roots())
+    return os.path.realpath(path).startswith(_our_roots())

@@ -51,6 +51,8 @@ def _wrap_from_numpy(original: Callable[..., Any], table: DeviceTable) -> Callab
     program's own, made at the user's line."""
     def emulated_from_numpy(array: Any) -> torch.Tensor:
         tensor: torch.Tensor = original(array)
+        if table.fetching:  # a dataset's sample: the batch is marked as a whole
+            return tensor
         where = user_line()
         if where is not None and tensor.dim() > 0:
             table.set_origin(tensor, Origin("factory", "from_numpy", where))
