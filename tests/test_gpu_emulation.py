@@ -251,3 +251,30 @@ def test_packed_sequences_keep_their_lengths_on_the_cpu(emulated: ScriptRun) -> 
         mask = torch.arange(output.shape[1])[None, :] < out_lengths[:, None]
         assert not mask.is_cuda
     assert emulated.device_mixes == []
+
+
+def test_torchdoctors_own_operations_are_never_reported(emulated: ScriptRun) -> None:
+    """The instrumentation runs inside the emulation too: a mix in torchdoctor's code is
+    not the user's (the same mix in this file, user code, is)."""
+    import torchdoctor.tensors as ours
+
+    space: dict[str, object] = {}
+    exec(compile("def mix(a, b):\n    return a + b\n", ours.__file__, "exec"), space)
+    gpu, cpu = torch.randn(3).cuda(), torch.randn(3)
+    space["mix"](gpu, cpu)  # type: ignore[operator]
+    assert emulated.device_mixes == []
+    _ = gpu + cpu
+    assert _origins(emulated) == ["factory"]
+
+
+def test_the_deprecated_cuda_amp_api_runs_on_the_cpu(emulated: ScriptRun) -> None:
+    model = nn.Linear(4, 2).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(FutureWarning):
+        scaler = torch.cuda.amp.GradScaler()
+    with pytest.warns(FutureWarning), torch.cuda.amp.autocast():
+        loss = model(torch.randn(3, 4, device="cuda")).sum()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert emulated.device_mixes == []
