@@ -142,7 +142,8 @@ def test_torch_cuda_answers_for_one_gpu_and_is_restored() -> None:
         torch.cuda.set_rng_state_all(torch.cuda.get_rng_state_all())  # a checkpoint's
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        assert torch.cuda.memory_allocated() == 0
+        assert torch.cuda.memory_allocated() == 0 and torch.cuda.memory_stats() == {}
+        assert "torchdoctor" in torch.cuda.memory_summary()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         end.record()

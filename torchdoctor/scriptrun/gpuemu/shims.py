@@ -131,13 +131,16 @@ def _cuda_shims() -> Iterator[tuple[str, Any]]:
     yield "device_of", _InDevice
     yield "is_current_stream_capturing", _const(False)
     yield "mem_get_info", _const((_TOTAL_MEMORY, _TOTAL_MEMORY))
+    yield "memory_stats", _const({})
+    yield "memory_summary", _const(f"{DEVICE_NAME}: no memory statistics\n")
     yield "get_rng_state", lambda device="cuda": torch.get_rng_state()
     yield "get_rng_state_all", lambda: [torch.get_rng_state()]
     yield "initial_seed", lambda: torch.initial_seed()
     for name in ("set_rng_state", "set_rng_state_all", "set_device", "synchronize",
                  "empty_cache", "ipc_collect", "reset_peak_memory_stats",
                  "reset_max_memory_allocated", "reset_accumulated_memory_stats",
-                 "manual_seed", "manual_seed_all", "seed", "seed_all"):
+                 "manual_seed", "manual_seed_all", "seed", "seed_all", "init",
+                 "set_per_process_memory_fraction"):
         yield name, _const(None)
     for name in ("memory_allocated", "max_memory_allocated", "memory_reserved",
                  "max_memory_reserved"):
