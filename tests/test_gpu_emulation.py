@@ -279,3 +279,11 @@ def test_the_deprecated_cuda_amp_api_runs_on_the_cpu(emulated: ScriptRun) -> Non
     scaler.step(optimizer)
     scaler.update()
     assert emulated.device_mixes == []
+
+
+def test_gradients_handed_to_hooks_are_on_the_tensors_device(emulated: ScriptRun) -> None:
+    x = torch.randn(3, requires_grad=True).cuda()
+    seen: list[bool] = []
+    x.register_hook(lambda grad: seen.append(grad.is_cuda))
+    (x * 2).sum().backward()
+    assert seen == [True]
