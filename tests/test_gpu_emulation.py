@@ -282,8 +282,12 @@ def test_the_deprecated_cuda_amp_api_runs_on_the_cpu(emulated: ScriptRun) -> Non
 
 
 def test_gradients_handed_to_hooks_are_on_the_tensors_device(emulated: ScriptRun) -> None:
+    """A hook runs inside backward, where torch does not apply function modes; the
+    gradient it keeps is on the tensor's device when the program uses it afterwards."""
     x = torch.randn(3, requires_grad=True).cuda()
-    seen: list[bool] = []
-    x.register_hook(lambda grad: seen.append(grad.is_cuda))
+    kept: list[torch.Tensor] = []
+    x.register_hook(kept.append)
     (x * 2).sum().backward()
-    assert seen == [True]
+    assert kept[0].is_cuda
+    _ = kept[0] + torch.randn(3, device="cuda")
+    assert emulated.device_mixes == []
