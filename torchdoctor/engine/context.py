@@ -48,6 +48,9 @@ class CheckOptions:
     #: optimizer steps skipped past ``max_steps`` before the run stops; None: as many as
     #: ``max_steps`` (checks), 0: stop right after them (``profile --steps N``)
     skipped_steps: int | None = None
+    #: script mode on a machine without a GPU: ``auto`` (emulate one when CUDA is not
+    #: available), ``on`` or ``off`` (see :mod:`torchdoctor.scriptrun.gpuemu`)
+    gpu_emulation: str = "auto"
 
 
 @dataclass

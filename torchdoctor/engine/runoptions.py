@@ -55,6 +55,13 @@ def script_args(value: str) -> tuple[str, ...]:
     return tuple(shlex.split(value))
 
 
+def on_off_auto(value: str) -> str:
+    """``auto``, ``on`` or ``off`` (ValueError otherwise)."""
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"must be auto, on or off, got {value!r}")
+    return value
+
+
 def text(value: str) -> str:
     """A string as given."""
     return value
@@ -131,6 +138,10 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
               "broadcasting rules (0: off)"),
     RunOption("timeout", "--timeout", positive_float, "SECONDS",
               "time limit of the script run"),
+    RunOption("gpu_emulation", "--gpu-emulation", on_off_auto, "auto|on|off",
+              "script mode: run the script as if a GPU were there and record every "
+              "operation that mixes GPU and CPU tensors (auto: when this machine has no "
+              "CUDA device)"),
     RunOption("data_root", "--data", text, "DIR",
               "FashionMNIST root (default $TORCHDOCTOR_DATA, else ./data; synthetic data "
               "when absent)"),

@@ -333,6 +333,10 @@ class ScriptRun:
     written: list[WrittenFile] = field(default_factory=list)
     #: how many more than ``written`` holds
     written_more: int = 0
+    #: whether the script ran with an emulated GPU (:mod:`torchdoctor.scriptrun.gpuemu`)
+    gpu_emulated: bool = False
+    #: operations that mixed the emulated GPU with the CPU (see :class:`DeviceMixRecord`)
+    device_mixes: list[DeviceMixRecord] = field(default_factory=list)
 
     @property
     def applied_steps(self) -> list[StepRecord]:
@@ -342,6 +346,22 @@ class ScriptRun:
     def forwards_of(self, model: int) -> list[ForwardRecord]:
         """The forwards of one observed model, in order."""
         return [f for f in self.forwards if f.model == model]
+
+
+@dataclass(frozen=True)
+class DeviceMixRecord:
+    """An operation of the user's code that mixed the emulated GPU with the CPU (or two
+    emulated GPUs) where a real GPU raises; recorded once per line and cause."""
+
+    op: str  #: the torch function (``add``, ``cat``, ``cross_entropy``, ``numpy``...)
+    used_at: CodeLocation | None  #: the user's line that ran it
+    gpu: str  #: the emulated-GPU side: ``a tensor (64, 10) on cuda:0``
+    other: str  #: the other side: ``a tensor (64,) on cpu``
+    origin: str  #: ``loader``, ``factory``, ``attribute``, ``module-list``, ``cpu-copy``,
+    #: ``numpy`` or ``device`` (two emulated GPUs)
+    detail: str = ""  #: the factory, the attribute's name, the list's name
+    created_at: CodeLocation | None = None  #: where the CPU side was made (or fetched)
+    count: int = 1  #: how many times it ran in the run
 
 
 @dataclass(frozen=True)

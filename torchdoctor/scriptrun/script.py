@@ -25,6 +25,7 @@ from torchdoctor.scriptrun.budget import StopRun
 from torchdoctor.scriptrun.bypass import CompileBypass
 from torchdoctor.scriptrun.callsite import display_path, is_user_file, user_frame_of_traceback
 from torchdoctor.scriptrun.datasets import OfflineDatasets
+from torchdoctor.scriptrun.gpuemu import GpuEmulation, wants_emulation
 from torchdoctor.scriptrun.instrument import Instrumentation
 from torchdoctor.scriptrun.observations import (
     CodeLocation,
@@ -89,7 +90,8 @@ def run_script(path: Path, options: CheckOptions, *,
     with _as_program(path, module, argv or []), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with OfflineDatasets(source, options.data_root, run), ScratchOverlay(run, path.parent), \
-                CompileBypass(run), Instrumentation(options, run) as instrumentation:
+                CompileBypass(run), GpuEmulation(run, wants_emulation(options)), \
+                Instrumentation(options, run) as instrumentation:
             _execute(code, module, run, instrumentation, options.timeout, output)
     run.seconds = time.perf_counter() - started
     _end_leftover_processes(children_before, run)
