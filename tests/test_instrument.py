@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from torchdoctor.engine.context import CheckOptions
+from torchdoctor.scriptrun import budget
 from torchdoctor.scriptrun.observations import RunStatus
 from torchdoctor.scriptrun.script import run_script
 
@@ -63,13 +64,15 @@ def test_batches_per_pass_are_capped_and_both_phases_observed(tmp_path: Path) ->
     assert len(result.snapshots) == 1 and result.models[0] is result.namespace["model"]
 
 
-def test_steps_beyond_the_budget_are_skipped_then_the_run_stops(tmp_path: Path) -> None:
+def test_steps_beyond_the_budget_are_skipped_and_endless_epochs_cut(tmp_path: Path) -> None:
     result = run_script(_program(tmp_path, TRAINING.replace("EPOCHS", "1000")),
                         CheckOptions(limit_batches=4, max_steps=5))
     run = result.run
     assert run.status is RunStatus.STOPPED
-    assert len(run.applied_steps) == 5
-    assert len(run.steps) == 10
+    assert run.cut.startswith(f"safety cap: more than {budget.MAX_PASSES} DataLoader passes")
+    # --max-steps applied, plus the first STEPS_PER_PASS steps of the second full pass
+    assert len(run.applied_steps) == 5 + 1
+    assert run.steps[-1].skipped and len(run.steps) == 4 + 4 + 498
     # the optimizer's own step method is back
     assert "step" not in vars(result.namespace["optimizer"])
 

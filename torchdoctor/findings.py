@@ -127,6 +127,9 @@ class Report:
     checks: list[CheckResult] = field(default_factory=list)
     run_findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the phases of a script run (train, validate, test, predict, checkpoint) as JSON
+    #: objects (see :func:`torchdoctor.scriptrun.phases.phase_dicts`); empty otherwise
+    phases: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def findings(self) -> list[Finding]:
@@ -172,6 +175,7 @@ class Report:
             "checks": [r.to_dict() for r in self.checks],
             "findings": [f.to_dict() for f in self.findings],
             "notes": list(self.notes),
+            "phases": [dict(p) for p in self.phases],
         }
 
 

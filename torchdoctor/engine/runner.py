@@ -43,6 +43,7 @@ from torchdoctor.findings import (
 )
 from torchdoctor.plugins import collect_checks, make_plugin_manager, register_user_module
 from torchdoctor.scriptrun.observations import RunStatus, ScriptRun
+from torchdoctor.scriptrun.phases import phase_dicts
 
 
 def select_checks(classes: Sequence[type[Check]], select: Sequence[str] | None,
@@ -152,7 +153,8 @@ class Diagnosis:
             target=self.target, mode=_mode_name(ctx), data=_data_name(ctx),
             device=self.options.device, seconds=time.perf_counter() - self._started,
             checks=results, run_findings=self.run_findings(),
-            notes=self.notes + (ctx.run.notes if ctx.run else []))
+            notes=self.notes + (ctx.run.notes if ctx.run else []),
+            phases=phase_dicts(ctx.run))
 
     def _prepare(self) -> CheckContext:
         from torchdoctor.reference.data import NOTICE

@@ -236,6 +236,52 @@ class DirectForwardRecord:
     module: str  #: the class name of the module whose forward was called
 
 
+@dataclass
+class PassRecord:
+    """One DataLoader pass of the script: which loader (numbered by its first pass),
+    which pass of it, and what the budget let through."""
+
+    index: int
+    loader: int
+    number: int  #: 0-based pass of this loader
+    batches: int = 0
+    backwards: int = 0
+    #: the loader had more batches than the pass yielded (``--limit-batches``, or 1 batch
+    #: for passes after the first few)
+    capped: bool = False
+    #: the pass yielded more than ``--limit-batches`` to reach two optimizer steps
+    extended: bool = False
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint call of the user's code: ``torch.save``, ``torch.load`` or a
+    module's ``load_state_dict``."""
+
+    kind: str  #: "save", "load" or "load_state_dict"
+    location: CodeLocation | None
+    #: how many forwards had run before it (places it in the program's order)
+    after_forwards: int = 0
+
+
+@dataclass
+class PhaseRecord:
+    """A phase of the program seen in the run (:mod:`torchdoctor.scriptrun.phases`)."""
+
+    name: str  #: train, validate, test, predict or checkpoint
+    passes: int = 0  #: DataLoader passes
+    batches: int = 0
+    forwards: int = 0  #: calls of a root model (checkpoint: calls of save/load)
+    location: CodeLocation | None = None  #: where it first happened
+    #: some of its DataLoader passes yielded fewer batches than the loader had (the budget)
+    capped: bool = False
+    #: why the program was cut short in this phase ("" when it was not)
+    cut: str = ""
+    #: checkpoint: which calls (``save x1, load_state_dict x1``)
+    detail: str = ""
+
+
 class RunStatus(str, enum.Enum):
     """How the user's script ended."""
 
@@ -243,7 +289,7 @@ class RunStatus(str, enum.Enum):
     CRASHED = "crashed"
     TIMEOUT = "timeout"
     EXITED = "exited"  #: sys.exit with a non-zero code
-    STOPPED = "stopped"  #: torchdoctor ended it at the --max-steps budget
+    STOPPED = "stopped"  #: torchdoctor cut it at a cap (``ScriptRun.cut`` says which)
 
 
 @dataclass
@@ -273,6 +319,13 @@ class ScriptRun:
     error: ErrorRecord | None = None
     loader_passes: int = 0
     batches: int = 0
+    #: the DataLoader passes, in order
+    passes: list[PassRecord] = field(default_factory=list)
+    checkpoints: list[CheckpointRecord] = field(default_factory=list)
+    #: the phases seen (train, validate, test, predict, checkpoint), in program order
+    phases: list[PhaseRecord] = field(default_factory=list)
+    #: why the run was cut before the program's end ("" when it ran to its end)
+    cut: str = ""
     #: wall seconds spent in each phase: "data" (fetching batches), "forward",
     #: "backward", "step" (optimizer), "other" (the rest of the script)
     phase_seconds: dict[str, float] = field(default_factory=dict)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from torchdoctor.scriptrun.budget import StepBudget
+from torchdoctor.scriptrun.budget import RunBudget
 
 _DETAILED_PER_PASS = 2  # forwards/losses per DataLoader pass summarised with statistics
 
@@ -37,10 +37,15 @@ def bookkeeping(method: _F) -> _F:
 class RunProgress:
     """The position of the run that every record is stamped with."""
 
-    def __init__(self, budget: StepBudget) -> None:
+    def __init__(self, budget: RunBudget) -> None:
         self.budget = budget
-        self.pass_index = -1  # the current DataLoader pass (-1: none yet)
         self.paused = False  # set while torchdoctor itself runs a model (replays)
+
+    @property
+    def pass_index(self) -> int:
+        """The DataLoader pass running now (the innermost one), -1 outside any."""
+        current = self.budget.current_pass
+        return -1 if current is None else current.index
 
     @property
     def applied_steps(self) -> int:
