@@ -48,7 +48,7 @@ def label_forwards(run: ScriptRun) -> list[str]:
     for position, forward in enumerate(run.forwards):
         if trains[position]:
             labels.append("train")
-        elif position < last_train or forward.loader_pass == last_validation:
+        elif position < last_train or 0 <= last_validation == forward.loader_pass:
             labels.append("validate")
         elif forward.loader_pass >= 0:
             labels.append("test")
