@@ -150,9 +150,10 @@ def phase_lines(report: Report) -> list[str]:
             parts.append(f"checkpoint ({phase.get('detail', '')})")
         elif phase["passes"]:
             passes = "pass" if phase["passes"] == 1 else "passes"
+            batches = "batch" if phase["batches"] == 1 else "batches"
             capped = ", capped" if phase["capped"] else ""
             parts.append(f"{phase['phase']} ({phase['passes']} {passes}, "
-                         f"{phase['batches']} batches{capped})")
+                         f"{phase['batches']} {batches}{capped})")
         else:
             calls = "call" if phase["calls"] == 1 else "calls"
             parts.append(f"{phase['phase']} ({phase['calls']} {calls})")

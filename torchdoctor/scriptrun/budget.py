@@ -131,7 +131,7 @@ class LimitedIterator:
 
     def __next__(self) -> Any:
         if not self.allowance.may_fetch():
-            self._end(capped=True)
+            self._end(capped=self._has_more())
             raise StopIteration
         started = time.perf_counter()
         try:
@@ -142,6 +142,13 @@ class LimitedIterator:
         self.allowance.batches += 1
         self._on_fetch(started)
         return batch
+
+    def _has_more(self) -> bool:
+        """Whether the loader had batches left (unknown length: assume so)."""
+        try:
+            return len(self._inner) > self.allowance.batches  # type: ignore[arg-type]
+        except TypeError:  # an iterable dataset without __len__
+            return True
 
     def _end(self, capped: bool) -> None:
         if not self._ended:
