@@ -44,6 +44,9 @@ def test_ten_epoch_program_is_observed_through_every_phase(
     with Diagnosis(str(program)) as diagnosis:
         report = diagnosis.report()
         output = diagnosis.script_result.output
+        found_models = diagnosis.context().found_models
+    # the reloaded checkpoint is a second instance of the same architecture: checked once
+    assert len(diagnosis.script_result.models) == 2 and len(found_models) == 1
     assert "epoch 10:" in output and "test loss" in output and "predicted class" in output
     phases = {p["phase"]: p for p in report.phases}
     assert [p["phase"] for p in report.phases] == ["train", "validate", "checkpoint", "test",
