@@ -211,7 +211,8 @@ def test_a_hook_defined_below_a_cut_loop_is_honoured(tmp_path: Path) -> None:
     assert callable(namespace["torchdoctor_batch"])
     assert context.setup is not None and context.setup.source["batch"] == "torchdoctor_batch()"
     line = _line_of(path, "def torchdoctor_batch")
-    assert any(f"torchdoctor_batch() (line {line}) was defined after the run was cut" in n
+    assert any(f"torchdoctor_batch() (line {line}) was defined after the run (the program"
+               " ended before its def)" in n
                for n in report.notes)
     text = render([report], width=200)
     assert "cut: train: safety cap: 20 backward passes" in text
@@ -273,6 +274,30 @@ EVALUATION_OVER_TENSORS = """
             model(data[start:start + 8])
         model(data[:1])
 """
+
+
+BREAK_THEN_PREDICT = """
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.randn(64, 8), torch.randint(0, 2, (64,)))
+    model = nn.Linear(8, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in DataLoader(data, batch_size=8):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        break
+    with torch.no_grad():
+        model(data.tensors[0][:1])
+"""
+
+
+def test_a_pass_left_with_break_is_over_and_not_capped(tmp_path: Path) -> None:
+    run = run_script(_program(tmp_path, BREAK_THEN_PREDICT), CheckOptions()).run
+    assert [(p.batches, p.capped, p.finished) for p in run.passes] == [(1, False, True)]
+    assert [(p.name, p.forwards) for p in run.phases] == [("train", 1), ("predict", 1)]
 
 
 def test_phases_outside_any_dataloader(tmp_path: Path) -> None:

@@ -117,11 +117,11 @@ class LimitedIterator:
 
     def __init__(self, inner: Iterator[Any], allowance: PassBudget,
                  on_fetch: Callable[[float], None], on_end: Callable[[bool], None]) -> None:
+        self._ended = False  # set first: __del__ reads it even if __init__ did not finish
         self._inner = inner
         self.allowance = allowance
         self._on_fetch = on_fetch
         self._on_end = on_end
-        self._ended = False
 
     def __iter__(self) -> LimitedIterator:
         return self
@@ -142,6 +142,12 @@ class LimitedIterator:
         self.allowance.batches += 1
         self._on_fetch(started)
         return batch
+
+    def __del__(self) -> None:
+        # the user's loop broke out of the pass (its iterator was dropped): the pass is
+        # over, by the user's choice, not capped
+        if not self._ended:
+            self._end(capped=False)
 
     def _has_more(self) -> bool:
         """Whether the loader had batches left (unknown length: assume so)."""

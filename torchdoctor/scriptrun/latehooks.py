@@ -2,9 +2,10 @@
 
 A user's file may define ``torchdoctor_batch()`` and the other hook functions anywhere,
 below the training loop too. A run that reaches the end of the file executes those
-``def`` statements itself; one cut earlier (a safety cap, ``--timeout``, a crash) has
-not, so the top-level ``def torchdoctor_*`` statements missing from the namespace are
-executed here, alone, into it (from the file's AST: nothing else of the file runs again).
+``def`` statements itself; one that ended earlier (a safety cap, ``--timeout``, a crash,
+``sys.exit``) has not, so the top-level ``def torchdoctor_*`` statements missing from
+the namespace are executed here, alone, into it (from the file's AST: nothing else of
+the file runs again).
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ def define_late_hooks(source: str, filename: str, namespace: dict[str, Any]) -> 
             exec(code, namespace)
         except Exception as exc:  # the user's decorator or default value raised: say so
             notes.append(f"{node.name}() (line {node.lineno}) could not be defined after "
-                         f"the run was cut: {type(exc).__name__}: {exc}")
+                         f"the run: {type(exc).__name__}: {exc}")
             continue
-        notes.append(f"{node.name}() (line {node.lineno}) was defined after the run was cut "
-                     "(the run ended before its def)")
+        notes.append(f"{node.name}() (line {node.lineno}) was defined after the run (the "
+                     "program ended before its def)")
     return notes
 
 

@@ -95,8 +95,8 @@ def run_script(path: Path, options: CheckOptions, *,
     run.seconds = time.perf_counter() - started
     _end_leftover_processes(children_before, run)
     run.warnings = _warning_records(caught)
-    if run.status in (RunStatus.STOPPED, RunStatus.TIMEOUT, RunStatus.CRASHED):
-        run.notes.extend(define_late_hooks(source, str(path), module.__dict__))
+    # hook defs the program did not reach (cut by a cap, --timeout, a crash, sys.exit)
+    run.notes.extend(define_late_hooks(source, str(path), module.__dict__))
     _finish_phases(run)
     run.phases = summarize(run)
     return ScriptResult(run, module.__dict__, list(instrumentation.models),
