@@ -88,11 +88,17 @@ def test_everything_patched_is_restored(tmp_path: Path) -> None:
     from torch.optim import optimizer
 
     originals = (DataLoader.__iter__, torch.Tensor.backward, nn.functional.cross_entropy,
-                 torch.optim.Optimizer.zero_grad, nn.Module.zero_grad)
+                 torch.optim.Optimizer.zero_grad, nn.Module.zero_grad, torch.save, torch.load,
+                 nn.Module.load_state_dict)
     argv, main_module, path = sys.argv[:], sys.modules["__main__"], sys.path[:]
-    run_script(_program(tmp_path, TRAINING.replace("EPOCHS", "1")), CheckOptions())
+    source = TRAINING.replace("EPOCHS", "1") + (
+        f"torch.save(model.state_dict(), {str(tmp_path / 'm.pt')!r})\n"
+        f"model.load_state_dict(torch.load({str(tmp_path / 'm.pt')!r}, weights_only=True))\n")
+    result = run_script(_program(tmp_path, source), CheckOptions())
+    assert [c.kind for c in result.run.checkpoints] == ["save", "load", "load_state_dict"]
     assert (DataLoader.__iter__, torch.Tensor.backward, nn.functional.cross_entropy,
-            torch.optim.Optimizer.zero_grad, nn.Module.zero_grad) == originals
+            torch.optim.Optimizer.zero_grad, nn.Module.zero_grad, torch.save, torch.load,
+            nn.Module.load_state_dict) == originals
     assert (sys.argv, sys.modules["__main__"], sys.path) == (argv, main_module, path)
     assert not module._global_forward_hooks and not module._global_forward_pre_hooks
     assert not optimizer._global_optimizer_pre_hooks
