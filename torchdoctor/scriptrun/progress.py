@@ -53,8 +53,12 @@ class RunProgress:
         return self.budget.applied
 
     def detailed(self, records: list[Any]) -> bool:
-        """Statistics cost kernels: compute them for the first few records of each
-        DataLoader pass only (and for everything outside DataLoader passes' bulk)."""
+        """Statistics cost kernels: compute them for the first few records of each full
+        DataLoader pass only (the later, one-batch passes of a loader repeat what its
+        full passes showed), and for everything outside DataLoader passes."""
+        current = self.budget.current_pass
+        if current is not None and not current.full:
+            return False
         in_pass = [r for r in records[-(_DETAILED_PER_PASS + 1):]
                    if getattr(r, "loader_pass", self.pass_index) == self.pass_index]
         return len(in_pass) < _DETAILED_PER_PASS or self.pass_index < 0
