@@ -17,6 +17,7 @@ from torchdoctor.engine.runner import Diagnosis, diagnose
 from torchdoctor.report import render, render_json
 from torchdoctor.scriptrun import budget
 from torchdoctor.scriptrun.observations import RunStatus
+from torchdoctor.scriptrun.phases import summarize
 from torchdoctor.scriptrun.script import run_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -199,7 +200,7 @@ def test_a_while_true_loop_is_cut_with_its_reason(tmp_path: Path) -> None:
     assert run.status is RunStatus.STOPPED
     assert run.cut.startswith("safety cap: 20 backward passes with no DataLoader batch")
     assert len(run.backwards) == 21 and len(run.applied_steps) == 10
-    assert [(p.name, p.cut) for p in run.phases] == [("train", run.cut)]
+    assert [(p.name, p.cut) for p in summarize(run)] == [("train", run.cut)]
 
 
 def test_a_hook_defined_below_a_cut_loop_is_honoured(tmp_path: Path) -> None:
@@ -297,11 +298,11 @@ BREAK_THEN_PREDICT = """
 def test_a_pass_left_with_break_is_over_and_not_capped(tmp_path: Path) -> None:
     run = run_script(_program(tmp_path, BREAK_THEN_PREDICT), CheckOptions()).run
     assert [(p.batches, p.capped, p.finished) for p in run.passes] == [(1, False, True)]
-    assert [(p.name, p.forwards) for p in run.phases] == [("train", 1), ("predict", 1)]
+    assert [(p.name, p.forwards) for p in summarize(run)] == [("train", 1), ("predict", 1)]
 
 
 def test_phases_outside_any_dataloader(tmp_path: Path) -> None:
     run = run_script(_program(tmp_path, EVALUATION_OVER_TENSORS), CheckOptions()).run
-    assert [(p.name, p.forwards) for p in run.phases] == [
+    assert [(p.name, p.forwards) for p in summarize(run)] == [
         ("train", 8), ("validate", 4), ("test", 8), ("predict", 1)]
-    assert all(p.passes == 0 for p in run.phases)
+    assert all(p.passes == 0 for p in summarize(run))

@@ -238,48 +238,67 @@ class DirectForwardRecord:
 
 @dataclass
 class PassRecord:
-    """One DataLoader pass of the script: which loader (numbered by its first pass),
-    which pass of it, and what the budget let through."""
+    """One DataLoader pass: which loader (numbered by first pass), which pass of it."""
 
     index: int
     loader: int
     number: int  #: 0-based pass of this loader
     batches: int = 0
     backwards: int = 0
-    #: the loader had more batches than the pass yielded (``--limit-batches``, or 1 batch
-    #: for passes after the first few)
-    capped: bool = False
-    #: the pass yielded more than ``--limit-batches`` to reach two optimizer steps
-    extended: bool = False
+    capped: bool = False  #: the budget stopped it while its loader had batches left
+    extended: bool = False  #: it yielded past --limit-batches to reach two steps
     finished: bool = False
 
 
 @dataclass(frozen=True)
 class CheckpointRecord:
-    """A checkpoint call of the user's code: ``torch.save``, ``torch.load`` or a
-    module's ``load_state_dict``."""
+    """A ``torch.save``/``torch.load``/``load_state_dict`` call of the user's code."""
 
     kind: str  #: "save", "load" or "load_state_dict"
     location: CodeLocation | None
-    #: how many forwards had run before it (places it in the program's order)
-    after_forwards: int = 0
+    after_forwards: int = 0  #: forwards run before it (its place in the program)
 
 
 @dataclass
-class PhaseRecord:
-    """A phase of the program seen in the run (:mod:`torchdoctor.scriptrun.phases`)."""
+class UpdateRecord:
+    """How far the first optimizer steps moved one param group: ``||Δw|| / ||w||`` per
+    step (over the parameters that had a gradient), with the learning rate of each."""
 
-    name: str  #: train, validate, test, predict or checkpoint
-    passes: int = 0  #: DataLoader passes
-    batches: int = 0
-    forwards: int = 0  #: calls of a root model (checkpoint: calls of save/load)
-    location: CodeLocation | None = None  #: where it first happened
-    #: some of its DataLoader passes yielded fewer batches than the loader had (the budget)
-    capped: bool = False
-    #: why the program was cut short in this phase ("" when it was not)
-    cut: str = ""
-    #: checkpoint: which calls (``save x1, load_state_dict x1``)
-    detail: str = ""
+    optimizer: int
+    optimizer_type: str
+    group: int
+    first_param: str  #: the name of the group's first parameter, to say which group
+    location: CodeLocation | None  #: the first measured ``step()`` call
+    lrs: list[float] = field(default_factory=list)
+    #: NaN for a step from all-zero weights (no size to compare with)
+    ratios: list[float] = field(default_factory=list)
+    values: int = 0  #: weights measured (a sample of each parameter's first values)
+    #: the lr a scheduler started from (its ``initial_lr``), None without a scheduler
+    initial_lr: float | None = None
+
+
+@dataclass(frozen=True)
+class GradlessRecord:
+    """Parameters an optimizer holds (requires_grad=True) that had no ``.grad`` at any
+    of its steps, while others of it did."""
+
+    optimizer_type: str
+    location: CodeLocation | None  #: the optimizer's first ``step()``
+    params: list[str]
+    #: modules of those parameters that never ran a forward (unused layers)
+    unused_modules: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class KeptGraphRecord:
+    """Losses whose backward already ran but whose autograd graph stayed alive across
+    later steps: something of the user's still references them."""
+
+    backward_location: CodeLocation | None
+    #: the line that keeps them (``total_loss += loss``), when found
+    keeper_location: CodeLocation | None
+    variable: str  #: the name of the user's variable that keeps them ("" if not found)
+    kept: int  #: earlier steps' graphs alive when it was found
 
 
 class RunStatus(str, enum.Enum):
@@ -316,16 +335,16 @@ class ScriptRun:
     unsafe_loads: list[LoadRecord] = field(default_factory=list)
     #: ``model.forward(x)`` calls of the user's code (hooks bypassed)
     direct_forwards: list[DirectForwardRecord] = field(default_factory=list)
+    #: update sizes of the first steps of each optimizer, per param group
+    update_sizes: list[UpdateRecord] = field(default_factory=list)
+    gradless: list[GradlessRecord] = field(default_factory=list)
+    kept_graphs: list[KeptGraphRecord] = field(default_factory=list)
     error: ErrorRecord | None = None
     loader_passes: int = 0
     batches: int = 0
-    #: the DataLoader passes, in order
-    passes: list[PassRecord] = field(default_factory=list)
+    passes: list[PassRecord] = field(default_factory=list)  #: DataLoader passes
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
-    #: the phases seen (train, validate, test, predict, checkpoint), in program order
-    phases: list[PhaseRecord] = field(default_factory=list)
-    #: why the run was cut before the program's end ("" when it ran to its end)
-    cut: str = ""
+    cut: str = ""  #: why the run was cut before the program's end
     #: wall seconds spent in each phase: "data" (fetching batches), "forward",
     #: "backward", "step" (optimizer), "other" (the rest of the script)
     phase_seconds: dict[str, float] = field(default_factory=dict)

@@ -25,17 +25,32 @@ No torch import here.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from torchdoctor.scriptrun.observations import (
+    CodeLocation,
     ForwardRecord,
-    PhaseRecord,
     RunStatus,
     ScriptRun,
 )
 
 PHASES = ("train", "validate", "test", "predict", "checkpoint")
 PREDICT_CALLS = 2  #: calls in a row outside any DataLoader that still read as predictions
+
+
+@dataclass
+class PhaseRecord:
+    """A phase seen in the run (see the rules above)."""
+
+    name: str  #: train, validate, test, predict or checkpoint
+    passes: int = 0  #: DataLoader passes
+    batches: int = 0
+    forwards: int = 0  #: calls of a root model (checkpoint: calls of save/load)
+    location: CodeLocation | None = None  #: where it first happened
+    capped: bool = False  #: some of its passes were capped by the budget
+    cut: str = ""  #: why the program was cut short in this phase
+    detail: str = ""  #: checkpoint: which calls (``save x1, load_state_dict x1``)
 
 
 def label_forwards(run: ScriptRun) -> list[str]:
@@ -136,7 +151,7 @@ def phase_dicts(run: ScriptRun | None) -> list[dict[str, Any]]:
     if run is None:
         return []
     found = []
-    for record in run.phases:
+    for record in summarize(run):
         item: dict[str, Any] = {"phase": record.name, "calls": record.forwards,
                                 "passes": record.passes, "batches": record.batches,
                                 "location": str(record.location) if record.location else None,
@@ -147,4 +162,4 @@ def phase_dicts(run: ScriptRun | None) -> list[dict[str, Any]]:
     return found
 
 
-__all__ = ["PHASES", "end_reason", "label_forwards", "phase_dicts", "summarize"]
+__all__ = ["PHASES", "PhaseRecord", "end_reason", "label_forwards", "phase_dicts", "summarize"]

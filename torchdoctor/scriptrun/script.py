@@ -34,7 +34,6 @@ from torchdoctor.scriptrun.observations import (
     ScriptRun,
     WarningRecord,
 )
-from torchdoctor.scriptrun.phases import summarize
 
 _OUTPUT_TAIL = 4000  # characters of the script's own output kept for --verbose
 
@@ -98,7 +97,6 @@ def run_script(path: Path, options: CheckOptions, *,
     # hook defs the program did not reach (cut by a cap, --timeout, a crash, sys.exit)
     run.notes.extend(define_late_hooks(source, str(path), module.__dict__))
     _finish_phases(run)
-    run.phases = summarize(run)
     return ScriptResult(run, module.__dict__, list(instrumentation.models),
                         list(instrumentation.snapshots), output.getvalue()[-_OUTPUT_TAIL:])
 
