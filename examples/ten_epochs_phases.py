@@ -2,8 +2,9 @@
 each epoch, save a checkpoint, reload it into a fresh model, test it, predict one sample.
 
 `torchdoctor check examples/ten_epochs_phases.py` runs it to its end within the default
-budget and lists the phases it saw. It writes its checkpoint (``--checkpoint``, default
-``ten_epochs_phases.pth``) into the current directory: run it from a scratch directory.
+budget and lists the phases it saw; its checkpoint goes to the check's scratch overlay.
+Run as a plain program it writes the checkpoint (``--checkpoint``, default
+``ten_epochs_phases.pth``) into the current directory.
 
     python examples/ten_epochs_phases.py --epochs 10
 """

@@ -41,7 +41,7 @@ def _line_of(path: Path, code: str) -> int:
 def test_ten_epoch_program_is_observed_through_every_phase(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     program = shutil.copy(EXAMPLES / "ten_epochs_phases.py", tmp_path)
-    monkeypatch.chdir(tmp_path)  # its checkpoint goes here, not into the repository
+    monkeypatch.chdir(tmp_path)  # were the overlay to fail, not into the repository
     with Diagnosis(str(program)) as diagnosis:
         report = diagnosis.report()
         output = diagnosis.script_result.output
@@ -66,7 +66,9 @@ def test_ten_epoch_program_is_observed_through_every_phase(
     text = render([report], width=200)
     assert "phases: train (10 passes, 16 batches, capped), validate (10 passes" in text
     assert "checkpoint (save x1, load x1, load_state_dict x1), test (1 pass" in text
-    assert (tmp_path / "ten_epochs_phases.pth").is_file()
+    # the checkpoint went to the scratch overlay, read back from there by the script
+    assert [w.path for w in report.written] == ["ten_epochs_phases.pth"]
+    assert not (tmp_path / "ten_epochs_phases.pth").exists()
 
 
 HUNDRED_EPOCHS = """

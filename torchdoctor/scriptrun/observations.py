@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from torchdoctor.findings import WrittenFile
+
 
 @dataclass(frozen=True)
 class CodeLocation:
@@ -353,6 +355,10 @@ class ScriptRun:
     op_problems: list[OpProblem] = field(default_factory=list)
     #: user-code tensor ops the op tracer looked at (0: tracing off or nothing seen)
     traced_ops: int = 0
+    #: what the script would have written or removed (see WrittenFile), capped
+    written: list[WrittenFile] = field(default_factory=list)
+    #: how many more than ``written`` holds
+    written_more: int = 0
 
     @property
     def applied_steps(self) -> list[StepRecord]:
