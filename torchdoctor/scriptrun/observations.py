@@ -239,6 +239,29 @@ class DirectForwardRecord:
 
 
 @dataclass
+class PassRecord:
+    """One DataLoader pass: which loader (numbered by first pass), which pass of it."""
+
+    index: int
+    loader: int
+    number: int  #: 0-based pass of this loader
+    batches: int = 0
+    backwards: int = 0
+    capped: bool = False  #: the budget stopped it while its loader had batches left
+    extended: bool = False  #: it yielded past --limit-batches to reach two steps
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A ``torch.save``/``torch.load``/``load_state_dict`` call of the user's code."""
+
+    kind: str  #: "save", "load" or "load_state_dict"
+    location: CodeLocation | None
+    after_forwards: int = 0  #: forwards run before it (its place in the program)
+
+
+@dataclass
 class UpdateRecord:
     """How far the first optimizer steps moved one param group: ``||Δw|| / ||w||`` per
     step (over the parameters that had a gradient), with the learning rate of each."""
@@ -287,7 +310,7 @@ class RunStatus(str, enum.Enum):
     CRASHED = "crashed"
     TIMEOUT = "timeout"
     EXITED = "exited"  #: sys.exit with a non-zero code
-    STOPPED = "stopped"  #: torchdoctor ended it at the --max-steps budget
+    STOPPED = "stopped"  #: torchdoctor cut it at a cap (``ScriptRun.cut`` says which)
 
 
 @dataclass
@@ -321,6 +344,9 @@ class ScriptRun:
     error: ErrorRecord | None = None
     loader_passes: int = 0
     batches: int = 0
+    passes: list[PassRecord] = field(default_factory=list)  #: DataLoader passes
+    checkpoints: list[CheckpointRecord] = field(default_factory=list)
+    cut: str = ""  #: why the run was cut before the program's end
     #: wall seconds spent in each phase: "data" (fetching batches), "forward",
     #: "backward", "step" (optimizer), "other" (the rest of the script)
     phase_seconds: dict[str, float] = field(default_factory=dict)
