@@ -55,7 +55,7 @@ def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Exam
     model = ctx.fresh_model(candidate)
     batch = setup.batch(ctx.options.device)
     loss_fn = setup.make_loss()
-    optimizer = setup.make_optimizer(model.parameters())
+    optimizer = setup.optimizer_for(model)
     try:
         seen = probe(model, batch, loss_fn)
     except Exception:  # the user's model or loss does not take the batch: skipped
@@ -84,7 +84,10 @@ class OverfitOneBatchCheck(Check):
         if found is None:
             raise SkipCheck("the batch does not run through the model (see shape-mismatch)")
         verdict = _Verdict(self, candidate.name, found)
-        verdict.synthetic = ctx.training_setup(candidate).source.get("batch") == "synthetic"
+        setup = ctx.training_setup(candidate)
+        verdict.synthetic = setup.source.get("batch") == "synthetic"
+        if setup.from_script:
+            verdict.use_script_setup(setup.summary, setup.origin)
         return verdict.findings()
 
 
@@ -102,6 +105,17 @@ class _Verdict:
         self.batch_size = found.batch_size
         #: trained on a synthetic task (torchdoctor's guess, not the user's data)
         self.synthetic = False
+        #: the script's own setup (its description), and where its optimizer was built
+        self.script_setup = ""
+        self.origin = ""
+
+    def use_script_setup(self, description: str, origin: str) -> None:
+        """Judge a copy trained with the script's own setup: only a loss that does not
+        decrease at all (or diverges) is an error; a setup that fits one batch partly
+        (label smoothing, weight decay, a small learning rate) is not accused."""
+        self.script_setup, self.origin = description, origin
+        if self.outcome:
+            self.outcome += " from the script"
 
     def findings(self) -> list[Finding]:
         """Structural faults first; the reasons for not fitting when it did not."""
@@ -152,6 +166,9 @@ class _Verdict:
         """Why the copy did not fit the batch (it did not)."""
         a, fit = self.anatomy, self.fit
         assert fit is not None
+        if self.script_setup and not fit.stuck and \
+                overfit.diverged(self.name, fit, self._optimizer()) is None:
+            return [self._partly()]
         found = []
         if a.frozen:
             found.append(self.check.error(
@@ -172,13 +189,14 @@ class _Verdict:
     def _lr_reasons(self, fit: Fit) -> list[Finding]:
         a = self.anatomy
         blew_up = overfit.diverged(self.name, fit, self._optimizer())
+        where = self.origin or f"{self.name}: {a.optimizer}"
         if blew_up is not None:
-            return [self.check.error(blew_up, location=f"{self.name}: {a.optimizer}",
+            return [self.check.error(blew_up + self._with_setup(), location=where,
                                      hint=overfit.DIVERGED_HINT)]
         if a.lr is not None and a.lr < _TINY_LR:
             return [self.check.error(
-                f"{self.name}: the learning rate {a.lr:g} is far too small: {self.outcome}",
-                location=f"{self.name}: {a.optimizer}",
+                f"{self.name}: the learning rate {a.lr:g} is far too small: {self.outcome}"
+                f"{self._with_setup()}", location=where,
                 hint="use lr=1e-3 for Adam/AdamW (0.01-0.1 with momentum=0.9 for SGD)")]
         return []
 
@@ -193,6 +211,12 @@ class _Verdict:
             return self.check.warning(
                 overfit.slowly(self.name, fit, self._optimizer(), self.batch_size),
                 location=f"{self.name}: {a.optimizer}", hint=overfit.SLOW_HINT)
+        if self.script_setup:
+            return self.check.error(
+                overfit.does_not_learn(self.name, fit, self.script_setup, a.classes,
+                                       self.batch_size),
+                location=self.origin or f"{self.name}: <model>",
+                hint=overfit.SCRIPT_SETUP_HINT)
         if self.synthetic and fit.best < _PARTLY * fit.initial:
             # a guessed task half fitted, with no structural cause: not proof of a bug
             return self.check.warning(
@@ -237,6 +261,19 @@ class _Verdict:
                 location=f"{self.name}: {a.unused[0]}",
                 hint="remove the unused layers, or call them in forward"))
         return found
+
+    def _partly(self) -> Finding:
+        """The script's setup lowers the loss of one batch without reaching the target."""
+        assert self.fit is not None
+        slow = self.fit.still_falling
+        return self.check.info(
+            f"{self.name} fits one batch {'slowly' if slow else 'only partly'} with your "
+            f"setup ({self.outcome}, {self.script_setup}); not judged an error: the loss "
+            "decreases", location=self.origin or f"{self.name}: <model>",
+            hint="" if not slow else overfit.SLOW_HINT)
+
+    def _with_setup(self) -> str:
+        return f" (your setup: {self.script_setup})" if self.script_setup else ""
 
     def _optimizer(self) -> str:
         a = self.anatomy

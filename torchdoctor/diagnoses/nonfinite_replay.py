@@ -89,7 +89,7 @@ def train_until_nonfinite(model: nn.Module, setup: TrainingSetup, device: str,
     inputs, targets = setup.batch(device)
     if not all_finite(inputs):
         return Evidence(0, "input", inputs_finite=False)
-    optimizer = setup.make_optimizer(model.parameters())
+    optimizer = setup.optimizer_for(model)
     return _train(model, optimizer, _Step(inputs, targets, setup.make_loss()), steps)
 
 

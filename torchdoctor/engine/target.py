@@ -191,9 +191,9 @@ def script_candidates(snapshots: list[Any], namespace: dict[str, Any], models: l
                       where: str) -> list[ModelCandidate]:
     """The models the script built, as they were at their first forward."""
     candidates = []
-    for model, snapshot in zip(models, snapshots):
+    for index, (model, snapshot) in enumerate(zip(models, snapshots)):
         name = next((k for k, v in namespace.items() if v is model and not k.startswith("_")),
                     type(model).__name__)
         candidates.append(ModelCandidate.from_instance(
-            name, f"{type(model).__name__} built by {where}", snapshot))
+            name, f"{type(model).__name__} built by {where}", snapshot, observed=index))
     return candidates

@@ -43,6 +43,7 @@ from torchdoctor.scriptrun.nonfinite import NonFiniteWatch
 from torchdoctor.scriptrun.observations import LoadRecord, ModuleCall, ScriptRun
 from torchdoctor.scriptrun.patches import PatchSet, RunLink
 from torchdoctor.scriptrun.progress import RunProgress
+from torchdoctor.scriptrun.setups import SetupRecorder
 from torchdoctor.scriptrun.tracing import ScriptTracing, start_tracing
 from torchdoctor.scriptrun.training import TrainingRecorder
 from torchdoctor.scriptrun.wrappers import (
@@ -68,8 +69,9 @@ class Instrumentation:
         self.progress = RunProgress(self.budget)
         self._link: RunLink[Instrumentation] = RunLink(self)
         self.losses = LossRecorder(run, self.progress)
-        self.forwards = ForwardRecorder(run, self.progress, self.timer, self.losses.record,
+        self.forwards = ForwardRecorder(run, self.progress, self.timer, self._module_loss,
                                         self._link)
+        self.setups = SetupRecorder(self.forwards.last_inputs)
         self.detector = GradCarryDetector(sync=True, name_of=self.forwards.param_name,
                                           confirm_at_step=True)
         self.manual = ManualUpdateDetector(self.detector.owns, self.forwards.param_name)
@@ -101,6 +103,7 @@ class Instrumentation:
         self.detector.close()
         self.manual.close()
         self.run.carried_grads = list(self.detector.records) + self.manual.records
+        self.run.setups = self.setups.finish(self.forwards.models)
         self.forwards.close()
 
     def _installers(self) -> Iterator[Callable[[PatchSet], None]]:
@@ -122,6 +125,7 @@ class Instrumentation:
                                 wrap_zero_grad(torch.optim.Optimizer.zero_grad, link))
         yield lambda p: p.patch(nn.Module, "zero_grad", wrap_zero_grad(nn.Module.zero_grad, link))
         yield lambda p: p.patch(torch, "load", wrap_load(torch.load, link))
+        yield lambda p: self.setups.install(p, link)
         for name in FUNCTIONAL_LOSSES:
             yield lambda p, name=name: p.patch(  # type: ignore[misc]
                 nn.functional, name,
@@ -158,9 +162,13 @@ class Instrumentation:
     def forward_after(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         """Global forward hook."""
         self.forwards.after(module, args, output)
+        index = self.forwards.model_index(module)
+        if index is not None and not self.forwards.inside_module and sys.exc_info()[1] is None:
+            self.setups.forward_done(index, output, torch.is_grad_enabled())
 
     def step_before(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Global optimizer step pre-hook."""
+        self.setups.optimizer_seen(optimizer, applied=True)
         self.training.before_step(optimizer, args, kwargs)
 
     def step_after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -168,13 +176,21 @@ class Instrumentation:
         self.training.after_step(optimizer, args, kwargs)
 
     def functional_loss(self, name: str, args: tuple[Any, ...], output: Any,
-                        options: dict[str, str]) -> None:
+                        options: dict[str, Any]) -> None:
         """A functional loss called outside any module."""
         self.losses.record(name, args, output, options)
+        self.setups.loss(name, True, args, output, options)
+
+    def _module_loss(self, name: str, args: tuple[Any, ...], output: Any,
+                     options: dict[str, str], module: nn.Module) -> None:
+        """A loss module called outside any model."""
+        self.losses.record(name, args, output, options)
+        self.setups.loss(name, False, args, output, options, module)
 
     def before_backward(self, tensor: torch.Tensor) -> None:
         """A ``backward()`` is about to run (hand-written updates are judged around it)."""
         self.manual.before_backward(tensor, user_callsite())
+        self.setups.backward(tensor)
 
     def backward(self, value: float | None, started: float) -> None:
         """A finished ``backward()``."""
@@ -188,6 +204,8 @@ class Instrumentation:
 
     def zero_grad(self, owner: Any) -> None:
         """A ``zero_grad`` call of ``owner``."""
+        if isinstance(owner, torch.optim.Optimizer):
+            self.setups.optimizer_seen(owner)
         self.training.zero_grad(owner)
 
     def loader_pass(self, loader: DataLoader, batches: Iterator[Any]) -> Iterator[Any]:

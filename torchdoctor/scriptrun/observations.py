@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from torchdoctor.scriptrun.setupdata import CapturedSetup
+
 
 @dataclass(frozen=True)
 class CodeLocation:
@@ -281,6 +283,8 @@ class ScriptRun:
     op_problems: list[OpProblem] = field(default_factory=list)
     #: user-code tensor ops the op tracer looked at (0: tracing off or nothing seen)
     traced_ops: int = 0
+    #: how the script trained each root model (optimizer, loss, one batch...)
+    setups: list[CapturedSetup] = field(default_factory=list)
 
     @property
     def applied_steps(self) -> list[StepRecord]:
