@@ -168,7 +168,7 @@ class _Verdict:
         assert fit is not None
         if self.script_setup and not fit.stuck and \
                 overfit.diverged(self.name, fit, self._optimizer()) is None:
-            return [self._partly()]
+            return [self._partly()] if not a.cut and a.final is None else []
         found = []
         if a.frozen:
             found.append(self.check.error(
