@@ -6,7 +6,6 @@ replayed (two optimizers, a loss written by hand)."""
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
