@@ -88,6 +88,8 @@ class OverfitOneBatchCheck(Check):
         verdict.synthetic = setup.source.get("batch") == "synthetic"
         if setup.from_script:
             verdict.use_script_setup(setup.summary, setup.origin)
+            # the script's own loss went NaN/inf: nan-loss reports that cause, once
+            verdict.diverged_in_script = ctx.run is not None and bool(ctx.run.nonfinite)
         return verdict.findings()
 
 
@@ -108,6 +110,7 @@ class _Verdict:
         #: the script's own setup (its description), and where its optimizer was built
         self.script_setup = ""
         self.origin = ""
+        self.diverged_in_script = False
 
     def use_script_setup(self, description: str, origin: str) -> None:
         """Judge a copy trained with the script's own setup: only a loss that does not
@@ -166,8 +169,10 @@ class _Verdict:
         """Why the copy did not fit the batch (it did not)."""
         a, fit = self.anatomy, self.fit
         assert fit is not None
-        if self.script_setup and not fit.stuck and \
-                overfit.diverged(self.name, fit, self._optimizer()) is None:
+        blew_up = overfit.diverged(self.name, fit, self._optimizer()) is not None
+        if self.script_setup and blew_up and self.diverged_in_script:
+            return []
+        if self.script_setup and not fit.stuck and not blew_up:
             return [self._partly()] if not a.cut and a.final is None else []
         found = []
         if a.frozen:

@@ -219,3 +219,13 @@ def test_the_reference_is_named_when_no_script_ran() -> None:
     report = diagnose_model(image_mlp(32), select=[CHECK])
     assert report.setups == {"model": "reference setup: Adam(lr=0.001), CrossEntropyLoss, "
                                       f"{report.data}"}
+
+
+def test_a_learning_rate_the_script_diverged_with_is_reported_once(
+        example_report: Callable[[str], Report]) -> None:
+    """SGD lr=1000 makes the script's loss NaN (nan-loss says so); the copies trained
+    with that setup diverge too, which is the same cause: overfit-one-batch stays quiet."""
+    report = example_report("nan_loss")
+    assert report.setups["Classifier"].startswith("your setup: SGD(lr=1000, momentum=0.9)")
+    assert [f.check for f in report.errors] == ["nan-loss"]
+    assert_ran_quiet(report, CHECK)
