@@ -1,14 +1,18 @@
 """overfit-one-batch: a healthy model drives the loss of one fixed batch near zero.
 
 A copy of each model is trained on one batch with the setup's loss and optimizer (the
-reference CrossEntropyLoss and Adam 1e-3 unless the file defines torchdoctor_loss() /
+script's own, captured in script mode, when it trained the model with one optimizer on
+a supervised loss: :mod:`torchdoctor.engine.usersetup`; else the reference
+CrossEntropyLoss and Adam 1e-3 unless the file defines torchdoctor_loss() /
 torchdoctor_optimizer()) by :mod:`torchdoctor.diagnoses.overfit`'s loop, the one
 ``assert_overfits_batch`` uses (its step budget and target). When it cannot fit the
 batch, the check says why (:mod:`torchdoctor.diagnoses.anatomy`): every parameter
 frozen, parameters that get no gradient although their module runs (a `.detach()` or
 `torch.no_grad()` in forward), parameters missing from the optimizer, a learning rate
 far too small, a final ReLU/Softmax/Sigmoid that keeps CrossEntropyLoss's logits
-non-negative, an initial loss far from ln(classes).
+non-negative, an initial loss far from ln(classes). With the script's own setup only a
+loss that does not move (chance level) or diverges is an error: a partial fit (label
+smoothing, weight decay, a small learning rate) is an info.
 Model mode only: a script's fast run is too short to judge convergence.
 """
 

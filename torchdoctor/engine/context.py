@@ -1,8 +1,9 @@
 """What a check is given: the options, the script-mode observations, the models found,
 and the training setup (batch, loss, optimizer) to train copies of them with.
 
-The training setup is the reference one (a FashionMNIST batch of 64, CrossEntropyLoss,
-Adam 1e-3) unless the user's file defines the hook functions ``torchdoctor_batch``,
+The training setup is the script's own for a model it trained (captured in script mode,
+see :mod:`torchdoctor.engine.usersetup`), else the reference one (a FashionMNIST batch
+of 64, CrossEntropyLoss, Adam 1e-3) unless the user's file defines the hook functions ``torchdoctor_batch``,
 ``torchdoctor_loss`` or ``torchdoctor_optimizer`` (see :mod:`torchdoctor.hookspecs`).
 """
 
