@@ -94,6 +94,10 @@ class OverfitOneBatchCheck(Check):
             verdict.use_script_setup(setup.summary, setup.origin)
             # the script's own loss went NaN/inf: nan-loss reports that cause, once
             verdict.diverged_in_script = ctx.run is not None and bool(ctx.run.nonfinite)
+            # parameters in no optimizer that the script's gradients showed are
+            # params-not-updating's finding
+            verdict.unoptimized_in_script = ctx.run is not None and \
+                bool(ctx.run.unoptimized_grads)
         return verdict.findings()
 
 
@@ -115,6 +119,7 @@ class _Verdict:
         self.script_setup = ""
         self.origin = ""
         self.diverged_in_script = False
+        self.unoptimized_in_script = False
 
     def use_script_setup(self, description: str, origin: str) -> None:
         """Judge a copy trained with the script's own setup: only a loss that does not
@@ -174,7 +179,8 @@ class _Verdict:
         a, fit = self.anatomy, self.fit
         assert fit is not None
         blew_up = overfit.diverged(self.name, fit, self._optimizer()) is not None
-        if self.script_setup and blew_up and self.diverged_in_script:
+        if self.script_setup and ((blew_up and self.diverged_in_script) or
+                                  (a.not_in_optimizer and self.unoptimized_in_script)):
             return []
         if self.script_setup and not fit.stuck and not blew_up:
             return [self._partly()] if not a.cut and a.final is None else []
@@ -259,7 +265,7 @@ class _Verdict:
             found.append(self.check.info(
                 f"{self.name}: {parameters.frozen_phrase(a.frozen)}; the rest fits one "
                 "batch, fine if intended", location=f"{self.name}: {a.frozen[0]}"))
-        if a.not_in_optimizer:
+        if a.not_in_optimizer and not self.unoptimized_in_script:
             found.append(self.check.info(
                 f"{self.name}: {parameters.not_held_phrase(a.not_in_optimizer)}; fine if "
                 "intended", location=f"{self.name}: {a.not_in_optimizer[0]}",

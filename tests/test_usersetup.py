@@ -6,6 +6,7 @@ replayed (two optimizers, a loss written by hand)."""
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -229,3 +230,53 @@ def test_a_learning_rate_the_script_diverged_with_is_reported_once(
     assert report.setups["Classifier"].startswith("your setup: SGD(lr=1000, momentum=0.9)")
     assert [f.check for f in report.errors] == ["nan-loss"]
     assert_ran_quiet(report, CHECK)
+
+
+def test_a_head_outside_the_optimizer_is_reported_once(
+        example_report: Callable[[str], Report]) -> None:
+    """The optimizer was built before the head was replaced: the copies get the same
+    param groups by name (the new head in none), and params-not-updating, which saw the
+    script's own gradients, is the one finding."""
+    report = example_report("params_not_updating")
+    assert [f.check for f in report.errors] == ["params-not-updating"]
+    assert_ran_quiet(report, CHECK)
+    assert report.setups["Classifier"].startswith("your setup: Adam(lr=0.001)")
+
+
+def test_a_squeezed_output_of_a_two_input_model_is_replayed(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.py"
+    path.write_text(textwrap.dedent("""\
+        import torch
+        from torch import nn
+
+        class Pair(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Linear(8, 16)
+                self.head = nn.Linear(32, 1)
+
+            def forward(self, a, b):
+                return torch.sigmoid(self.head(torch.cat([self.body(a), self.body(b)], 1)))
+
+        torch.manual_seed(0)
+        model = Pair()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        criterion = nn.BCELoss()
+        for _ in range(5):
+            a, b = torch.randn(16, 8), torch.randn(16, 8)
+            target = (a.sum(1) > b.sum(1)).float()
+            optimizer.zero_grad()
+            loss = criterion(model(a, b).squeeze(), target)
+            loss.backward()
+            optimizer.step()
+        """), encoding="utf-8")
+    (setup,) = run_script(path, CheckOptions()).run.setups
+    assert setup.problems == []
+    assert isinstance(setup.inputs, tuple) and len(setup.inputs) == 2
+    assert setup.loss is not None and setup.loss.reshape == (16,)
+    report = diagnose(str(path))
+    assert report.setups["model"] == ("your setup: Adam(lr=0.01), BCELoss, a batch of 16 "
+                                      "from the script")
+    assert report.errors == []
+    assert report.result(CHECK) is not None
+    assert report.result(CHECK).outcome.value == "passed"

@@ -3,8 +3,9 @@ and the training setup (batch, loss, optimizer) to train copies of them with.
 
 The training setup is the script's own for a model it trained (captured in script mode,
 see :mod:`torchdoctor.engine.usersetup`), else the reference one (a FashionMNIST batch
-of 64, CrossEntropyLoss, Adam 1e-3) unless the user's file defines the hook functions ``torchdoctor_batch``,
-``torchdoctor_loss`` or ``torchdoctor_optimizer`` (see :mod:`torchdoctor.hookspecs`).
+of 64, CrossEntropyLoss, Adam 1e-3) unless the user's file defines the hook functions
+``torchdoctor_batch``, ``torchdoctor_loss`` or ``torchdoctor_optimizer`` (see
+:mod:`torchdoctor.hookspecs`).
 """
 
 from __future__ import annotations

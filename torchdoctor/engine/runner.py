@@ -257,8 +257,9 @@ def _context(target: str, options: CheckOptions, setup: TrainingSetup,
 
     usable, reasons = [], []
     for candidate in models:
-        own = script_setup(run, candidate, options) if run is not None and \
-            not setup.user_gave("batch") and not setup.user_gave("loss") else None
+        hooks = any(setup.user_gave(what) for what in ("batch", "loss", "optimizer"))
+        own = script_setup(run, candidate, options) if run is not None and not hooks \
+            else None
         if own is not None and own.setup is not None:
             candidate.setup = own.setup
             usable.append(candidate)

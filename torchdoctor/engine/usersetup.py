@@ -71,6 +71,8 @@ def _why_not(run: ScriptRun, captured: CapturedSetup) -> str:
         return "its optimizer holds none of its current parameters"
     if captured.loss is None or captured.inputs is None:
         return "no supervised batch was kept"
+    if isinstance(captured.inputs, tuple) and not captured.inputs:
+        return "the model is called with keyword arguments only"
     return ""
 
 
@@ -84,10 +86,14 @@ def _training_setup(captured: CapturedSetup) -> TrainingSetup:
 
     def make_loss() -> Any:
         if not loss.functional:
-            return copy.deepcopy(loss.module)
-        from torch.nn import functional
+            made = copy.deepcopy(loss.module)
+        else:
+            from torch.nn import functional
 
-        return functools.partial(getattr(functional, loss.name), **loss.options)
+            made = functools.partial(getattr(functional, loss.name), **loss.options)
+        if loss.first_of_tuple or loss.reshape is not None:
+            return _OutputAsScriptGaveIt(made, loss.first_of_tuple, loss.reshape)
+        return made
 
     def make_for(model: nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(optimizer, model, captured.clipping)
@@ -163,7 +169,11 @@ def _too_slow(candidate: ModelCandidate, setup: TrainingSetup, options: CheckOpt
     with torch.no_grad(), one_cpu_thread(options.device):
         for _ in range(2):  # the first call pays one-off set-up costs
             started = time.perf_counter()
-            forward(model, inputs)
+            try:
+                forward(model, inputs)
+            except Exception as exc:  # the user's model on its batch, replayed: say why
+                return (f"its batch from the script does not run through a copy "
+                        f"({type(exc).__name__}: {str(exc)[:120]})")
             seconds = min(seconds, time.perf_counter() - started)
     if 3 * seconds > options.timeout * STEP_SHARE:
         return (f"a training step on the script's batch takes ~{3 * seconds:.1f} s, over "
@@ -187,6 +197,22 @@ def describe_setup(setup: TrainingSetup, note: str = "") -> str:
     else:
         text = f"reference setup: {parts['optimizer']}, {parts['loss']}, {parts['batch']}"
     return f"{text} (your setup not used: {note})" if note else text
+
+
+class _OutputAsScriptGaveIt:
+    """The script's loss, given the output as the script gave it: the first element of
+    a tuple output (``output, hidden``), reshaped as it was (``output.view(-1, C)``)."""
+
+    def __init__(self, loss: Any, first: bool, shape: tuple[int, ...] | None) -> None:
+        self.loss = loss
+        self.first = first
+        self.shape = shape
+
+    def __call__(self, output: Any, targets: Any) -> Any:
+        prediction = output[0] if self.first else output
+        if self.shape is not None:
+            prediction = prediction.reshape(self.shape)
+        return self.loss(prediction, targets)
 
 
 def _clone(inputs: Any) -> Any:

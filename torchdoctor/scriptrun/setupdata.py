@@ -67,6 +67,10 @@ class LossSetup:
     options: dict[str, Any] = field(default_factory=dict)
     module: Any = None
     location: str = ""
+    #: the model returned a tuple/list and the loss took its first element
+    first_of_tuple: bool = False
+    #: the loss took the output reshaped to this shape (``output.view(-1, C)``)
+    reshape: tuple[int, ...] | None = None
 
     def describe(self) -> str:
         """``CrossEntropyLoss`` or ``F.nll_loss``, with non-default options."""

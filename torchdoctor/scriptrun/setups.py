@@ -36,10 +36,16 @@ from torchdoctor.tensors import iter_tensors
 
 #: a batch bigger than this is not kept (model mode would not train on it anyway)
 MAX_BATCH_BYTES = 64 * 2**20
+#: at most this many samples of the batch are kept (the reference batch's size), when
+#: every input and the target share their first dimension (so it is the batch's)
+MAX_SAMPLES = 64
 #: hyperparameter values kept from a param group (numbers, flags, tuples of numbers)
 _PLAIN = (int, float, bool, str, tuple, type(None))
 #: ``backward()`` on the loss scaled by a constant is still that loss
 _SCALING = ("MulBackward0", "DivBackward0")
+#: a loss may take the output reshaped (``output.view(-1, vocab)``, ``.squeeze()``)
+_VIEWS = ("ViewBackward", "ReshapeAliasBackward", "UnsafeViewBackward", "SqueezeBackward",
+          "UnsqueezeBackward")
 
 
 @dataclass
@@ -57,6 +63,7 @@ class _ModelState:
     """What is known of one root model's training so far."""
 
     output: weakref.ref[torch.Tensor] | None = None
+    tuple_output: bool = False
     forwards: int = 0  #: forwards with autograd on since the last backward
     pending: list[_Pending] = field(default_factory=list)
     captured: CapturedSetup | None = None
@@ -151,6 +158,7 @@ class SetupRecorder:
         state = self._models.setdefault(index, _ModelState())
         tensor = _main_tensor(output)
         state.output = weakref.ref(tensor) if tensor is not None else None
+        state.tuple_output = not isinstance(output, torch.Tensor)
         if grad_enabled and tensor is not None and tensor.requires_grad:
             state.forwards += 1
             state.pending.clear()  # only the losses of the latest forward count
@@ -164,7 +172,9 @@ class SetupRecorder:
                 or output.grad_fn is None:
             return  # not a training loss (evaluation, no_grad)
         for state in self._models.values():
-            if state.output is not None and state.output() is prediction:
+            model_output = state.output() if state.output is not None else None
+            reshaped = _reshaped(prediction, model_output)
+            if model_output is not None and (prediction is model_output or reshaped):
                 if not isinstance(target, torch.Tensor) or target.requires_grad:
                     state.problem = state.problem or (
                         f"its loss {name} compares the output with another output, not "
@@ -172,7 +182,8 @@ class SetupRecorder:
                         "distillation training)")
                     return
                 spec = LossSetup(name, functional, dict(options), location=str(
-                    user_callsite() or ""))
+                    user_callsite() or ""), first_of_tuple=state.tuple_output,
+                    reshape=tuple(prediction.shape) if reshaped else None)
                 if module is not None and not state.pending and state.captured is None:
                     spec.module = copy.deepcopy(module).cpu()
                 state.pending.append(_Pending(spec, output.grad_fn, target))
@@ -190,9 +201,12 @@ class SetupRecorder:
         if state.problem:
             return
         losses = [p for p in state.pending if _derives_from(tensor, p.node)]
-        if not losses:
-            state.problem = ("no loss function of torch.nn takes its output straight to "
-                             "backward() (a loss written by hand: policy gradient, a VAE's "
+        if not state.pending:
+            state.problem = ("no torch.nn loss takes its output as it is (the loss is "
+                             "computed inside the model, on a processed output, or by hand "
+                             "as in policy gradients)")
+        elif not losses:
+            state.problem = ("backward() runs on more than its loss (a VAE's "
                              "reconstruction + KL, several losses summed)")
         elif len(state.pending) > 1:
             state.problem = f"{len(state.pending)} losses per backward pass"
@@ -203,8 +217,10 @@ class SetupRecorder:
         inputs = self._inputs_of(index)
         if inputs is None:
             return None
-        kept_inputs = _cpu_clone(inputs[0] if len(inputs) == 1 else tuple(inputs))
-        kept_target = _cpu_clone(pending.target)
+        given = inputs[0] if len(inputs) == 1 else tuple(inputs)
+        rows = _samples(given, pending.target)
+        kept_inputs = _cpu_clone(given, rows)
+        kept_target = _cpu_clone(pending.target, rows)
         size = sum(t.numel() * t.element_size()
                    for t in (*iter_tensors(kept_inputs), kept_target))
         setup = CapturedSetup(model=index, model_type="", loss=pending.loss)
@@ -290,6 +306,16 @@ def _main_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+def _reshaped(prediction: torch.Tensor, output: torch.Tensor | None) -> bool:
+    """Whether ``prediction`` is ``output`` reshaped (a view of all of it)."""
+    node = prediction.grad_fn
+    if output is None or node is None or not type(node).__name__.startswith(_VIEWS):
+        return False
+    inputs = [n for n, _ in node.next_functions if n is not None]
+    return len(inputs) == 1 and inputs[0] is output.grad_fn and \
+        prediction.numel() == output.numel()
+
+
 def _derives_from(tensor: torch.Tensor, loss: Any) -> bool:
     """Whether ``tensor`` is the loss whose autograd node is ``loss``, or that loss
     times or over a constant."""
@@ -304,11 +330,22 @@ def _derives_from(tensor: torch.Tensor, loss: Any) -> bool:
     return len(inputs) == 1 and inputs[0] is loss
 
 
-def _cpu_clone(value: Any) -> Any:
+def _samples(inputs: Any, target: torch.Tensor) -> int | None:
+    """How many rows to keep: :data:`MAX_SAMPLES` when every tensor of the batch has
+    more along a shared first dimension, else None (all of it)."""
+    tensors = [*iter_tensors(inputs), target]
+    sizes = {t.shape[0] if t.dim() else 0 for t in tensors}
+    size = next(iter(sizes))
+    return MAX_SAMPLES if len(sizes) == 1 and size > MAX_SAMPLES else None
+
+
+def _cpu_clone(value: Any, rows: int | None = None) -> Any:
+    """A detached CPU copy (its first ``rows`` rows, when given)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        value = value.detach()
+        return (value if rows is None else value[:rows]).to("cpu", copy=True)
     if isinstance(value, tuple):
-        return tuple(_cpu_clone(v) for v in value)
+        return tuple(_cpu_clone(v, rows) for v in value)
     return value
 
 
