@@ -280,3 +280,17 @@ def test_a_squeezed_output_of_a_two_input_model_is_replayed(tmp_path: Path) -> N
     assert report.errors == []
     assert report.result(CHECK) is not None
     assert report.result(CHECK).outcome.value == "passed"
+
+
+def test_no_patch_of_the_capture_outlives_the_run(tmp_path: Path) -> None:
+    from torch.optim import lr_scheduler
+
+    owners = [(torch.optim.Optimizer, "__init__"), (lr_scheduler.LRScheduler, "__init__"),
+              (lr_scheduler.ReduceLROnPlateau, "__init__"), (torch.amp.GradScaler, "scale"),
+              (nn.utils, "clip_grad_norm_"), (nn.utils, "clip_grad_value_")]
+    before = [vars(owner)[name] for owner, name in owners]
+    path = _write(tmp_path, extra="scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)",
+                  epoch_end="scheduler.step()")
+    run = run_script(path, CheckOptions()).run
+    assert run.setups and run.setups[0].schedulers == ["StepLR"]
+    assert [vars(owner)[name] for owner, name in owners] == before
