@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from torchdoctor.scriptrun.setupdata import CapturedSetup, OptimizerSetup
 
 
+#: one training step of a copy (forward and backward, measured) may take at most this
+#: share of --timeout: model mode trains up to ~30 steps per check (nan-loss), and a
+#: model the script could train is not always one model mode can afford
+STEP_SHARE = 1 / 60
+
+
 @dataclass
 class ScriptSetup:
     """The script's setup for one model, or why it is not used (``reason``)."""
@@ -155,30 +161,37 @@ def _accepted(spec: OptimizerSetup, options: dict[str, Any]) -> dict[str, Any]:
 
 def _too_slow(candidate: ModelCandidate, setup: TrainingSetup, options: CheckOptions) -> str:
     """Why copies of the model cannot be trained within the time budget, or ""."""
-    import torch
 
-    from torchdoctor.synth.resolve import MAX_CPU_PARAMETERS, STEP_SHARE
-    from torchdoctor.tensors import forward, one_cpu_thread
+    from torchdoctor.synth.resolve import MAX_CPU_PARAMETERS
+    from torchdoctor.tensors import one_cpu_thread
 
     model = candidate.build().to(options.device)
     count = sum(p.numel() for p in model.parameters())
     if options.device.startswith("cpu") and count > MAX_CPU_PARAMETERS:
         return f"too large to train copies on the CPU ({count / 1e6:.0f}M parameters)"
-    inputs = setup.batch(options.device)[0]
+    inputs, targets = setup.batch(options.device)
+    loss_fn = setup.make_loss()
     seconds = float("inf")
-    with torch.no_grad(), one_cpu_thread(options.device):
-        for _ in range(2):  # the first call pays one-off set-up costs
+    with one_cpu_thread(options.device):
+        for _ in range(2):  # the first step pays one-off set-up costs
             started = time.perf_counter()
             try:
-                forward(model, inputs)
+                _forward_backward(model, inputs, targets, loss_fn)
             except Exception as exc:  # the user's model on its batch, replayed: say why
                 return (f"its batch from the script does not run through a copy "
                         f"({type(exc).__name__}: {str(exc)[:120]})")
             seconds = min(seconds, time.perf_counter() - started)
-    if 3 * seconds > options.timeout * STEP_SHARE:
-        return (f"a training step on the script's batch takes ~{3 * seconds:.1f} s, over "
-                f"model mode's budget (--timeout/20)")
+    if seconds > options.timeout * STEP_SHARE:
+        return (f"a training step on the script's batch takes ~{seconds:.1f} s on "
+                f"{options.device}, over model mode's budget (--timeout/"
+                f"{round(1 / STEP_SHARE)}): raise --timeout or use --device cuda")
     return ""
+
+
+def _forward_backward(model: nn.Module, inputs: Any, targets: Any, loss_fn: Any) -> None:
+    from torchdoctor.tensors import forward
+
+    loss_fn(forward(model, inputs), targets).backward()
 
 
 def describe_setup(setup: TrainingSetup, note: str = "") -> str:
