@@ -208,6 +208,11 @@ class _Verdict:
         if blew_up is not None:
             return [self.check.error(blew_up + self._with_setup(), location=where,
                                      hint=overfit.DIVERGED_HINT)]
+        decay = overfit.heavy_decay(a.decay)
+        if decay:
+            return [self.check.error(
+                f"{self.name}: {decay}: {self.outcome}{self._with_setup()}", location=where,
+                hint=overfit.DECAY_HINT)]
         if a.lr is not None and a.lr < _TINY_LR:
             return [self.check.error(
                 f"{self.name}: the learning rate {a.lr:g} is far too small: {self.outcome}"

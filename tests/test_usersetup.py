@@ -294,3 +294,24 @@ def test_no_patch_of_the_capture_outlives_the_run(tmp_path: Path) -> None:
     run = run_script(path, CheckOptions()).run
     assert run.setups and run.setups[0].schedulers == ["StepLR"]
     assert [vars(owner)[name] for owner, name in owners] == before
+
+
+def test_weight_decay_example_says_the_decay_zeroes_the_weights(
+        example_report: Callable[[str], Report]) -> None:
+    report = example_report("overfit_one_batch_weight_decay")
+    found = findings_of(report, CHECK)
+    assert [f.severity for f in found] == [Severity.ERROR]
+    assert found[0].message.startswith(
+        "Classifier: weight_decay=1000 with lr=0.001 pulls the weights 100% of the way to "
+        "zero each step: loss 2.3")
+    assert "(your setup: AdamW(lr=0.001, weight_decay=1000), CrossEntropyLoss)" in \
+        found[0].message
+    lines = (BUGS / "overfit_one_batch_weight_decay.py").read_text(encoding="utf-8")
+    line = next(i for i, text in enumerate(lines.splitlines(), 1) if "# BUG" in text)
+    assert found[0].location.endswith(f"overfit_one_batch_weight_decay.py:{line}")
+    assert "weight_decay of 1e-4 to 1e-2" in found[0].hint
+    assert [f.check for f in report.errors] == [CHECK]
+
+
+def test_weight_decay_example_fixed_is_quiet(example_report: Callable[[str], Report]) -> None:
+    assert_ran_quiet(example_report("overfit_one_batch_weight_decay_fixed"), CHECK)

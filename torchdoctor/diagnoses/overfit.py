@@ -173,6 +173,23 @@ def cannot_fit(subject: str, fit: Fit, batch_size: int | None = None) -> str:
             f"{fit.losses[-1]:.3g} (target {fit.target:.3g})")
 
 
+#: weight decay x learning rate at or above this pulls the weights to zero faster than one
+#: batch's gradient can move them (AdamW: weights x (1 - lr x decay) per step)
+HEAVY_DECAY = 0.1
+DECAY_HINT = ("use a weight_decay of 1e-4 to 1e-2 (AdamW: 0.01 to 0.1); lr x weight_decay "
+              "should stay far below 1")
+
+
+def heavy_decay(decay: tuple[float, float] | None) -> str:
+    """``weight_decay=1000 with lr=0.001 pulls the weights 100% of the way to zero each
+    step``, when the decay is that heavy; else ""."""
+    if decay is None or decay[0] * decay[1] < HEAVY_DECAY:
+        return ""
+    weight_decay, lr = decay
+    return (f"weight_decay={weight_decay:g} with lr={lr:g} pulls the weights "
+            f"{min(weight_decay * lr, 1.0):.0%} of the way to zero each step")
+
+
 SCRIPT_SETUP_HINT = (
     "check the learning rate (Adam/AdamW: 1e-3; SGD: 0.01-0.1 with momentum=0.9), that the "
     "loss gets the model's raw output and the batch's targets, that zero_grad() and step() "

@@ -218,6 +218,8 @@ class _OutputAsScriptGaveIt:
 
     def __init__(self, loss: Any, first: bool, shape: tuple[int, ...] | None) -> None:
         self.loss = loss
+        #: what the loss really is, for ``loss_name_of`` (as ``functools.partial`` has)
+        self.func = getattr(loss, "func", loss)
         self.first = first
         self.shape = shape
 
