@@ -315,3 +315,30 @@ def test_weight_decay_example_says_the_decay_zeroes_the_weights(
 
 def test_weight_decay_example_fixed_is_quiet(example_report: Callable[[str], Report]) -> None:
     assert_ran_quiet(example_report("overfit_one_batch_weight_decay_fixed"), CHECK)
+
+
+def test_inputs_other_than_tensors_are_not_kept(tmp_path: Path) -> None:
+    path = tmp_path / "dict_input.py"
+    path.write_text(textwrap.dedent("""\
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 2)
+
+            def forward(self, batch):
+                return self.fc(batch["x"])
+
+        model = Net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            batch = {"x": torch.randn(8, 4)}
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(batch), torch.zeros(8, dtype=torch.long)).backward()
+            optimizer.step()
+        """), encoding="utf-8")
+    (setup,) = run_script(path, CheckOptions()).run.setups
+    assert setup.problems == ["it takes inputs other than tensors (a dict, an object)"]
+    assert setup.inputs is None and setup.targets is None

@@ -43,6 +43,7 @@ from torchdoctor.scriptrun.nonfinite import NonFiniteWatch
 from torchdoctor.scriptrun.observations import LoadRecord, ModuleCall, ScriptRun
 from torchdoctor.scriptrun.patches import PatchSet, RunLink
 from torchdoctor.scriptrun.progress import RunProgress
+from torchdoctor.scriptrun.setuppatches import install_setup_patches
 from torchdoctor.scriptrun.setups import SetupRecorder
 from torchdoctor.scriptrun.tracing import ScriptTracing, start_tracing
 from torchdoctor.scriptrun.training import TrainingRecorder
@@ -125,7 +126,7 @@ class Instrumentation:
                                 wrap_zero_grad(torch.optim.Optimizer.zero_grad, link))
         yield lambda p: p.patch(nn.Module, "zero_grad", wrap_zero_grad(nn.Module.zero_grad, link))
         yield lambda p: p.patch(torch, "load", wrap_load(torch.load, link))
-        yield lambda p: self.setups.install(p, link)
+        yield lambda p: install_setup_patches(p, link)
         for name in FUNCTIONAL_LOSSES:
             yield lambda p, name=name: p.patch(  # type: ignore[misc]
                 nn.functional, name,

@@ -15,7 +15,6 @@ the run; the batch is cloned (detached, on the CPU) once.
 from __future__ import annotations
 
 import copy
-import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ import torch
 from torch import nn
 
 from torchdoctor.scriptrun.callsite import user_callsite
-from torchdoctor.scriptrun.patches import PatchSet, RunLink
 from torchdoctor.scriptrun.setupdata import (
     CapturedSetup,
     LossSetup,
@@ -72,8 +70,8 @@ class _ModelState:
 
 class SetupRecorder:
     """Fed by the instrumentation (forwards, losses, backward, optimizers) and by the
-    patches :meth:`install` puts on optimizer/scheduler construction, GradScaler and
-    gradient clipping."""
+    patches :mod:`~torchdoctor.scriptrun.setuppatches` puts on optimizer/scheduler
+    construction, GradScaler and gradient clipping."""
 
     def __init__(self, inputs_of: Callable[[int], tuple[Any, ...] | None]) -> None:
         self._inputs_of = inputs_of
@@ -89,28 +87,6 @@ class SetupRecorder:
         self._schedulers: list[tuple[str, int]] = []  # (class name, optimizer number)
         self._scaler = False
         self._clipping: list[tuple[str, float]] = []
-
-    def install(self, patches: PatchSet, link: RunLink[Any]) -> None:
-        """Patch optimizer and scheduler construction, GradScaler.scale and the gradient
-        clipping functions (each calls through once the run is over)."""
-        from torch.optim import lr_scheduler
-
-        def this() -> SetupRecorder | None:
-            run = link.get()
-            return run.setups if run is not None else None
-
-        patches.patch(torch.optim.Optimizer, "__init__", _after(
-            torch.optim.Optimizer.__init__, lambda rec, opt, *a, **k: rec.built(opt), this))
-        for cls in (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau):
-            patches.patch(cls, "__init__", _after(
-                vars(cls)["__init__"], lambda rec, sched, *a, **k: rec.scheduler(sched), this))
-        patches.patch(torch.amp.GradScaler, "scale", _after(
-            torch.amp.GradScaler.scale, lambda rec, *a, **k: rec.scaled(), this))
-        for kind, name, key in (("norm", "clip_grad_norm_", "max_norm"),
-                                ("value", "clip_grad_value_", "clip_value")):
-            patches.patch(nn.utils, name, _after(
-                getattr(nn.utils, name),
-                functools.partial(_clip_seen, kind=kind, key=key), this))
 
     # -- construction of optimizers and schedulers, GradScaler, clipping ------------
     def built(self, optimizer: torch.optim.Optimizer) -> None:
@@ -185,7 +161,11 @@ class SetupRecorder:
                     user_callsite() or ""), first_of_tuple=state.tuple_output,
                     reshape=tuple(prediction.shape) if reshaped else None)
                 if module is not None and not state.pending and state.captured is None:
-                    spec.module = copy.deepcopy(module).cpu()
+                    spec.module = _copy_loss(module)
+                    if spec.module is None:
+                        state.problem = (f"its loss module {name} holds a model or objects "
+                                         "that cannot be copied")
+                        return
                 state.pending.append(_Pending(spec, output.grad_fn, target))
                 return
 
@@ -218,15 +198,19 @@ class SetupRecorder:
         if inputs is None:
             return None
         given = inputs[0] if len(inputs) == 1 else tuple(inputs)
-        rows = _samples(given, pending.target)
-        kept_inputs = _cpu_clone(given, rows)
-        kept_target = _cpu_clone(pending.target, rows)
-        size = sum(t.numel() * t.element_size()
-                   for t in (*iter_tensors(kept_inputs), kept_target))
         setup = CapturedSetup(model=index, model_type="", loss=pending.loss)
+        if not _plain(given):
+            # a dict or an object: nothing of it is kept (it may hold anything of the user's)
+            setup.problems.append("it takes inputs other than tensors (a dict, an object)")
+            return setup
+        rows = _samples(given, pending.target)
+        size = sum((t.numel() if rows is None else t[:rows].numel()) * t.element_size()
+                   for t in (*iter_tensors(given), pending.target))
         if size > MAX_BATCH_BYTES:
             setup.problems.append(f"its batch is too large to keep ({size / 2**20:.0f} MiB)")
             return setup
+        kept_inputs = _cpu_clone(given, rows)
+        kept_target = _cpu_clone(pending.target, rows)
         setup.inputs, setup.targets = kept_inputs, kept_target
         first = next(iter_tensors(kept_inputs), None)
         setup.batch_size = int(first.shape[0]) if first is not None and first.dim() else None
@@ -278,23 +262,44 @@ class SetupRecorder:
 def _describe_optimizer(optimizer: torch.optim.Optimizer, location: str) -> OptimizerSetup:
     groups, scheduled = [], False
     for group in optimizer.param_groups:
-        options = {k: _plain(v) for k, v in group.items()
-                   if k not in ("params", "initial_lr") and isinstance(_plain(v), _PLAIN)}
+        options = {k: _scalar(v) for k, v in group.items()
+                   if k not in ("params", "initial_lr") and isinstance(_scalar(v), _PLAIN)}
         if "initial_lr" in group:
-            scheduled = scheduled or _plain(group["initial_lr"]) != options.get("lr")
-            options["lr"] = _plain(group["initial_lr"])
+            scheduled = scheduled or _scalar(group["initial_lr"]) != options.get("lr")
+            options["lr"] = _scalar(group["initial_lr"])
         groups.append(ParamGroupSetup(options, []))
-    defaults = {k: _plain(v) for k, v in optimizer.defaults.items()
-                if isinstance(_plain(v), _PLAIN)}
+    defaults = {k: _scalar(v) for k, v in optimizer.defaults.items()
+                if isinstance(_scalar(v), _PLAIN)}
     return OptimizerSetup(type(optimizer).__name__, type(optimizer).__module__, defaults,
                           groups, location, scheduled)
 
 
-def _plain(value: Any) -> Any:
+def _scalar(value: Any) -> Any:
     """A tensor hyperparameter (``lr`` of a capturable optimizer) as a float."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value)
     return value
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is tensors, numbers and tuples of them (what a batch copy may
+    hold: nothing that could reference the user's other objects)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (int, float, bool, str))
+
+
+def _copy_loss(module: nn.Module) -> nn.Module | None:
+    """A CPU copy of a loss module, or None when it holds a model (over a million
+    numbers in parameters and buffers) or cannot be copied."""
+    if sum(t.numel() for t in (*module.parameters(), *module.buffers())) > 1_000_000:
+        return None
+    try:
+        return copy.deepcopy(module).cpu()
+    except Exception:  # the user's loss class may hold anything (a lock, a file): no copy
+        return None
 
 
 def _main_tensor(output: Any) -> torch.Tensor | None:
@@ -347,25 +352,3 @@ def _cpu_clone(value: Any, rows: int | None = None) -> Any:
     if isinstance(value, tuple):
         return tuple(_cpu_clone(v, rows) for v in value)
     return value
-
-
-def _clip_seen(recorder: SetupRecorder, *args: Any, kind: str, key: str,
-               **kwargs: Any) -> None:
-    limit = args[1] if len(args) > 1 else kwargs.get(key)
-    if isinstance(limit, (int, float)):
-        recorder.clipped(kind, float(limit))
-
-
-def _after(original: Callable[..., Any], note: Callable[..., None],
-           recorder: Callable[[], SetupRecorder | None]) -> Callable[..., Any]:
-    """``original``, then ``note(recorder, *args)`` while the run lasts."""
-
-    @functools.wraps(original)
-    def observed(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        found = recorder()
-        if found is not None:
-            note(found, *args, **kwargs)
-        return result
-
-    return observed
