@@ -342,3 +342,18 @@ def test_inputs_other_than_tensors_are_not_kept(tmp_path: Path) -> None:
     (setup,) = run_script(path, CheckOptions()).run.setups
     assert setup.problems == ["it takes inputs other than tensors (a dict, an object)"]
     assert setup.inputs is None and setup.targets is None
+
+
+def test_the_words_for_a_regression_and_for_a_classifier_at_chance() -> None:
+    from torchdoctor.diagnoses.overfit import does_not_learn, heavy_decay
+
+    flat = Fit([0.84] * 300, 0.84, 1.0, False, 0.05)
+    assert does_not_learn("net", flat, "SGD(lr=1e-06), MSELoss", None, 32) == (
+        "net does not learn with your setup (SGD(lr=1e-06), MSELoss): the loss does not "
+        "decrease (0.84 -> 0.84) over 300 steps on one batch of 32")
+    chance = Fit([2.303] * 300, 2.303, 1.0, False, 0.115)
+    assert "stays at chance level (2.3; ln(10) = 2.3)" in does_not_learn(
+        "net", chance, "SGD", 10)
+    assert heavy_decay((1e-4, 1e-3)) == ""
+    assert heavy_decay((1000.0, 1e-3)) == ("weight_decay=1000 with lr=0.001 pulls the "
+                                           "weights 100% of the way to zero each step")
