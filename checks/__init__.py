@@ -20,6 +20,8 @@ BUILTIN_MODULES = {
     "nan_loss": "NanLossCheck",
     "missing_zero_grad": "MissingZeroGradCheck",
     "params_not_updating": "ParamsNotUpdatingCheck",
+    "learning_rate": "LearningRateCheck",
+    "graph_kept_alive": "GraphKeptAliveCheck",
     "eval_mode": "EvalModeCheck",
     "loss_function": "LossFunctionCheck",
     "numerics": "NumericsCheck",

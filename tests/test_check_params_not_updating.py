@@ -198,3 +198,51 @@ def test_hand_written_updates_without_an_optimizer_are_quiet(tmp_path: Path) -> 
                 p -= 0.01 * p.grad
                 p.grad = None
     """, setup="lr = 0.01"), CHECK)
+
+
+# ---------------------------------------------------------------- parameters without a gradient
+
+
+def test_unused_layer_in_the_optimizer_is_a_warning(
+        example_report: Callable[[str], Report]) -> None:
+    path = BUGS / "params_not_updating_unused.py"
+    found = findings_of(example_report("params_not_updating_unused"), CHECK)
+    assert len(found) == 1
+    assert found[0].severity is Severity.WARNING
+    assert found[0].message == (
+        "2 parameter(s) in Adam never received a gradient, so its steps never change them: "
+        "aux_head.weight, aux_head.bias; aux_head never ran in forward")
+    assert found[0].location.endswith(f"{path.name}:{_line_of(path, 'optimizer.step()')}")
+    assert "requires_grad_(False)" in found[0].hint
+
+
+def test_fixed_unused_layer_program_is_quiet(example_report: Callable[[str], Report]) -> None:
+    assert_ran_quiet(example_report("params_not_updating_unused_fixed"), CHECK)
+
+
+def test_detached_path_is_a_warning_naming_the_cut_layer(tmp_path: Path) -> None:
+    setup = "optimizer = torch.optim.Adam(list(model.parameters()) + " \
+        "list(other.parameters()), lr=1e-3)"
+    found = findings_of(_check(tmp_path, """
+        optimizer.zero_grad()
+        (loss_fn(model(x), y) + 0 * other(model(x)).detach().sum()).backward()
+        optimizer.step()
+    """, setup=setup), CHECK)
+    assert [f.severity for f in found] == [Severity.WARNING]
+    assert "4 parameter(s) in Adam never received a gradient" in found[0].message
+    assert "Sequential.0.weight" in found[0].message and "never ran" not in found[0].message
+
+
+def test_frozen_parameters_in_the_optimizer_are_quiet(tmp_path: Path) -> None:
+    setup = PLAIN + "\nmodel[0].requires_grad_(False)"
+    assert_ran_quiet(_check(tmp_path, STEP, setup=setup), CHECK)
+
+
+def test_a_model_used_only_in_eval_is_quiet(tmp_path: Path) -> None:
+    # ``other`` is in the optimizer but only ever runs under no_grad, in eval mode
+    setup = "optimizer = torch.optim.Adam(list(model.parameters()) + " \
+        "list(other.parameters()), lr=1e-3)\nother.eval()"
+    assert_ran_quiet(_check(tmp_path, STEP + """
+    with torch.no_grad():
+        other(model(x))
+    """, setup=setup), CHECK)

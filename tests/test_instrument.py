@@ -151,3 +151,12 @@ def test_nonfinite_loss_is_localised_to_the_module(tmp_path: Path) -> None:
     record = run.nonfinite[0]
     assert record.module is not None and record.module.qualname == "log"
     assert record.detail == "inputs were finite"
+
+
+def test_each_backward_pass_is_counted_once_while_ops_are_traced(tmp_path: Path) -> None:
+    # the op tracer's __torch_function__ mode re-dispatches Tensor.backward through the
+    # patched attribute: the traced steps must not count their backward twice
+    options = CheckOptions(limit_batches=3, max_steps=100, trace_steps=3)
+    run = run_script(_program(tmp_path, TRAINING.replace("EPOCHS", "2")), options).run
+    assert len(run.applied_steps) == 6
+    assert len(run.backwards) == 6

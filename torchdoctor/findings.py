@@ -109,6 +109,21 @@ def outcome_for(findings: list[Finding]) -> Outcome:
     return Outcome.PASSED
 
 
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file a script-mode run wrote (to its scratch overlay, discarded afterwards) or
+    a file of the user's it removed or renamed away (left untouched); see
+    :mod:`torchdoctor.scriptrun.overlay`."""
+
+    path: str  #: as the report shows it (relative to the working directory when below it)
+    size: int | None  #: bytes written; None for a removed file
+    action: str  #: "written" or "removed"
+
+    def to_dict(self) -> dict[str, object]:
+        """``{"path": ..., "size": ..., "action": ...}`` for the JSON report."""
+        return {"path": self.path, "size": self.size, "action": self.action}
+
+
 @dataclass
 class Report:
     """Everything one diagnosis found: rendered by :mod:`torchdoctor.report`.
@@ -130,6 +145,10 @@ class Report:
     checks: list[CheckResult] = field(default_factory=list)
     run_findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: script mode: what the script would have written or removed (capped list)
+    written: list[WrittenFile] = field(default_factory=list)
+    #: how many more files than ``written`` lists
+    written_more: int = 0
 
     @property
     def findings(self) -> list[Finding]:
@@ -176,6 +195,8 @@ class Report:
             "checks": [r.to_dict() for r in self.checks],
             "findings": [f.to_dict() for f in self.findings],
             "notes": list(self.notes),
+            "written": [w.to_dict() for w in self.written],
+            "written_more": self.written_more,
         }
 
 

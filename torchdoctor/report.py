@@ -128,6 +128,9 @@ def _render_text(report: Report, fmt: str, style: Style) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
+_LISTED_FILES = 8  # files named in the text report (the JSON lists more)
+
+
 def _header(report: Report, fmt: str, style: Style) -> str:
     title = f"torchdoctor: {report.target}"
     facts = (f"mode: {report.mode} | data: {report.data} | device: {report.device} | "
@@ -140,7 +143,37 @@ def _header(report: Report, fmt: str, style: Style) -> str:
     for note in report.notes:
         lines.append(f"note: {note}" if fmt == "markdown" else
                      _fill(f"note: {note}", style.width, "", "      "))
+    files = written_line(report)
+    if files:
+        lines.append(files if fmt == "markdown" else _fill(files, style.width, "", "       "))
     return "\n".join(lines)
+
+
+def written_line(report: Report, listed: int = _LISTED_FILES) -> str:
+    """``files: ...``: what a script-mode run's script wrote to the scratch overlay (and
+    which of the user's files it removed there), or ``""`` when it wrote nothing."""
+    if not report.written:
+        return ""
+    wrote = [f"{w.path} ({_size(w.size or 0)})" for w in report.written
+             if w.action == "written"]
+    removed = [w.path for w in report.written if w.action != "written"]
+    shown = (wrote + [f"removed {path}" for path in removed])[:listed]
+    more = len(report.written) - len(shown) + report.written_more
+    return ("files: the script's writes went to a scratch copy, discarded after the run "
+            "(your files are unchanged): " + ", ".join(shown) +
+            (f" and {more} more" if more else ""))
+
+
+def _size(size: int) -> str:
+    """``812 B``, ``4.6 MB``."""
+    if size < 1000:
+        return f"{size} B"
+    value, unit = size / 1e3, "kB"
+    for bigger in ("MB", "GB"):
+        if value < 1000:
+            break
+        value, unit = value / 1e3, bigger
+    return f"{value:.1f} {unit}"
 
 
 def checks_table(report: Report, fmt: str = "table", style: Style | None = None) -> str:

@@ -18,7 +18,7 @@ from torchdoctor.findings import Finding, Severity
 if TYPE_CHECKING:
     import torch
 
-    from torchdoctor.scriptrun.observations import ScriptRun
+    from torchdoctor.scriptrun.observations import GradlessRecord, ScriptRun
 
 #: trainable parameters that no param_group of the optimizer holds
 NOT_IN_OPTIMIZER_ID = "not-in-optimizer"
@@ -109,7 +109,8 @@ def no_gradient_finding(names: list[str], everything: bool, steps: int) -> Findi
 #: script mode: the script's own optimizer leaves parameters unchanged
 PARAMS_NOT_UPDATING_ID = "params-not-updating"
 PARAMS_NOT_UPDATING_SUMMARY = ("parameters that never change: backward passes but no "
-                               "optimizer step, or gradients on parameters in no optimizer")
+                               "optimizer step, gradients on parameters in no optimizer, "
+                               "or optimizer parameters that never get a gradient")
 NO_STEP_HINT = ("call the step: `optimizer.step()` after `loss.backward()` (written without "
                 "parentheses, `optimizer.step` does nothing)")
 
@@ -138,3 +139,15 @@ def unoptimized_grads_finding(run: ScriptRun) -> Finding | None:
     return Finding(PARAMS_NOT_UPDATING_ID, Severity.ERROR,
                    f"{len(names)} parameter(s) receive gradients but are in no optimizer: "
                    f"{not_held_phrase(names)}", names[0], NOT_IN_OPTIMIZER_HINT)
+
+
+def gradless_finding(record: GradlessRecord) -> Finding:
+    """The warning for parameters an optimizer holds that never got a gradient while
+    its other parameters did (an unused layer, or a graph cut before them)."""
+    unused = (f"; {name_list(record.unused_modules, SHOWN)} never ran in forward"
+              if record.unused_modules else "")
+    return Finding(PARAMS_NOT_UPDATING_ID, Severity.WARNING,
+                   f"{len(record.params)} parameter(s) in {record.optimizer_type} never "
+                   f"received a gradient, so its steps never change them: "
+                   f"{name_list(record.params, SHOWN)}{unused}",
+                   str(record.location or record.params[0]), NO_GRADIENT_HINT)

@@ -154,7 +154,9 @@ class Diagnosis:
             setups=_setup_names(ctx),
             device=self.options.device, seconds=time.perf_counter() - self._started,
             checks=results, run_findings=self.run_findings(),
-            notes=self.notes + (ctx.run.notes if ctx.run else []))
+            notes=self.notes + (ctx.run.notes if ctx.run else []),
+            written=list(ctx.run.written) if ctx.run else [],
+            written_more=ctx.run.written_more if ctx.run else 0)
 
     def _prepare(self) -> CheckContext:
         from torchdoctor.reference.data import NOTICE

@@ -38,6 +38,8 @@ from torchdoctor.scriptrun.budget import LimitedIterator, PhaseTimer, StepBudget
 from torchdoctor.scriptrun.callsite import user_callsite
 from torchdoctor.scriptrun.directcalls import direct_forward_call, wrap_load
 from torchdoctor.scriptrun.forwards import ForwardRecorder
+from torchdoctor.scriptrun.gradless import GradlessRecorder
+from torchdoctor.scriptrun.keptgraph import KeptGraphWatch
 from torchdoctor.scriptrun.losses import FUNCTIONAL_LOSSES, LossRecorder
 from torchdoctor.scriptrun.nonfinite import NonFiniteWatch
 from torchdoctor.scriptrun.observations import LoadRecord, ModuleCall, ScriptRun
@@ -47,6 +49,7 @@ from torchdoctor.scriptrun.setuppatches import install_setup_patches
 from torchdoctor.scriptrun.setups import SetupRecorder
 from torchdoctor.scriptrun.tracing import ScriptTracing, start_tracing
 from torchdoctor.scriptrun.training import TrainingRecorder
+from torchdoctor.scriptrun.updates import UpdateRecorder
 from torchdoctor.scriptrun.wrappers import (
     routed,
     wrap_backward,
@@ -79,6 +82,10 @@ class Instrumentation:
         self.nonfinite = NonFiniteWatch(run, self.progress, self.forwards)
         self.training = TrainingRecorder(run, self.progress, self.timer, self.detector,
                                          self.nonfinite)
+        self.updates = UpdateRecorder(run, self.training.index_of, self.forwards.param_name)
+        self.kept_graphs = KeptGraphWatch(run, lambda: self.progress.applied_steps)
+        self.gradless = GradlessRecorder(run, lambda: self.forwards.models,
+                                         self.forwards.param_name)
         self._patches = PatchSet()
         self._tracing: ScriptTracing | None = None
 
@@ -104,6 +111,7 @@ class Instrumentation:
         self.detector.close()
         self.manual.close()
         self.run.carried_grads = list(self.detector.records) + self.manual.records
+        self.gradless.close()
         self.run.setups = self.setups.finish(self.forwards.models)
         self.forwards.close()
 
@@ -154,6 +162,7 @@ class Instrumentation:
             direct = direct_forward_call(sys._getframe(1))
             if direct is not None and direct not in self.run.direct_forwards:
                 self.run.direct_forwards.append(direct)
+        self.gradless.forward(module)
         self.forwards.before(module, args)
 
     def unsafe_load(self, record: LoadRecord) -> None:
@@ -171,9 +180,14 @@ class Instrumentation:
         """Global optimizer step pre-hook."""
         self.setups.optimizer_seen(optimizer, applied=True)
         self.training.before_step(optimizer, args, kwargs)
+        self.updates.before_step(optimizer)
+        self.kept_graphs.in_step = True
 
     def step_after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Global optimizer step post-hook."""
+        self.updates.after_step(optimizer)  # first: the budget may end the run in the next
+        self.gradless.after_step(optimizer)
+        self.kept_graphs.in_step = False
         self.training.after_step(optimizer, args, kwargs)
 
     def functional_loss(self, name: str, args: tuple[Any, ...], output: Any,
@@ -191,7 +205,9 @@ class Instrumentation:
     def before_backward(self, tensor: torch.Tensor) -> None:
         """A ``backward()`` is about to run (hand-written updates are judged around it)."""
         self.manual.before_backward(tensor, user_callsite())
-        self.setups.backward(tensor)
+        if not self.progress.paused:  # not torchdoctor's own replay of a step
+            self.setups.backward(tensor)
+            self.kept_graphs.before_backward(tensor)
 
     def backward(self, value: float | None, started: float) -> None:
         """A finished ``backward()``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from torchdoctor.findings import WrittenFile
 from torchdoctor.scriptrun.setupdata import CapturedSetup
 
 
@@ -238,6 +239,48 @@ class DirectForwardRecord:
     module: str  #: the class name of the module whose forward was called
 
 
+@dataclass
+class UpdateRecord:
+    """How far the first optimizer steps moved one param group: ``||Δw|| / ||w||`` per
+    step (over the parameters that had a gradient), with the learning rate of each."""
+
+    optimizer: int
+    optimizer_type: str
+    group: int
+    first_param: str  #: the name of the group's first parameter, to say which group
+    location: CodeLocation | None  #: the first measured ``step()`` call
+    lrs: list[float] = field(default_factory=list)
+    #: NaN for a step from all-zero weights (no size to compare with)
+    ratios: list[float] = field(default_factory=list)
+    values: int = 0  #: weights measured (a sample of each parameter's first values)
+    #: the lr a scheduler started from (its ``initial_lr``), None without a scheduler
+    initial_lr: float | None = None
+
+
+@dataclass(frozen=True)
+class GradlessRecord:
+    """Parameters an optimizer holds (requires_grad=True) that had no ``.grad`` at any
+    of its steps, while others of it did."""
+
+    optimizer_type: str
+    location: CodeLocation | None  #: the optimizer's first ``step()``
+    params: list[str]
+    #: modules of those parameters that never ran a forward (unused layers)
+    unused_modules: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class KeptGraphRecord:
+    """Losses whose backward already ran but whose autograd graph stayed alive across
+    later steps: something of the user's still references them."""
+
+    backward_location: CodeLocation | None
+    #: the line that keeps them (``total_loss += loss``), when found
+    keeper_location: CodeLocation | None
+    variable: str  #: the name of the user's variable that keeps them ("" if not found)
+    kept: int  #: earlier steps' graphs alive when it was found
+
+
 class RunStatus(str, enum.Enum):
     """How the user's script ended."""
 
@@ -272,6 +315,10 @@ class ScriptRun:
     unsafe_loads: list[LoadRecord] = field(default_factory=list)
     #: ``model.forward(x)`` calls of the user's code (hooks bypassed)
     direct_forwards: list[DirectForwardRecord] = field(default_factory=list)
+    #: update sizes of the first steps of each optimizer, per param group
+    update_sizes: list[UpdateRecord] = field(default_factory=list)
+    gradless: list[GradlessRecord] = field(default_factory=list)
+    kept_graphs: list[KeptGraphRecord] = field(default_factory=list)
     error: ErrorRecord | None = None
     loader_passes: int = 0
     batches: int = 0
@@ -285,6 +332,10 @@ class ScriptRun:
     traced_ops: int = 0
     #: how the script trained each root model (optimizer, loss, one batch...)
     setups: list[CapturedSetup] = field(default_factory=list)
+    #: what the script would have written or removed (see WrittenFile), capped
+    written: list[WrittenFile] = field(default_factory=list)
+    #: how many more than ``written`` holds
+    written_more: int = 0
 
     @property
     def applied_steps(self) -> list[StepRecord]:

@@ -33,6 +33,7 @@ from torchdoctor.scriptrun.observations import (
     ScriptRun,
     WarningRecord,
 )
+from torchdoctor.scriptrun.overlay import ScratchOverlay
 
 _OUTPUT_TAIL = 4000  # characters of the script's own output kept for --verbose
 
@@ -87,8 +88,8 @@ def run_script(path: Path, options: CheckOptions, *,
     started = time.perf_counter()
     with _as_program(path, module, argv or []), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with OfflineDatasets(source, options.data_root, run), CompileBypass(run), \
-                Instrumentation(options, run) as instrumentation:
+        with OfflineDatasets(source, options.data_root, run), ScratchOverlay(run, path.parent), \
+                CompileBypass(run), Instrumentation(options, run) as instrumentation:
             _execute(code, module, run, instrumentation, options.timeout, output)
     run.seconds = time.perf_counter() - started
     _end_leftover_processes(children_before, run)

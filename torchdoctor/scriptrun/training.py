@@ -88,6 +88,10 @@ class TrainingRecorder:
             index=len(self.run.steps), optimizer=self._optimizers[id(optimizer)],
             optimizer_type=type(optimizer).__name__, location=user_callsite(), skipped=True))
 
+    def index_of(self, optimizer: torch.optim.Optimizer) -> int:
+        """The number of an optimizer seen at a ``zero_grad()`` or ``step()``."""
+        return self._optimizers[id(optimizer)]
+
     @property
     def has_optimizers(self) -> bool:
         """Whether any optimizer has stepped yet (one only cleared does not count)."""

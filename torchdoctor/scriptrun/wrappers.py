@@ -64,18 +64,25 @@ def wrap_loader_iter(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
 def wrap_backward(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
     """``Tensor.backward``: the loss value and the time of each backward pass."""
 
+    # under a __torch_function__ mode (the op tracer, GPU emulation) Tensor.backward
+    # re-dispatches through its class attribute, that is, this wrapper: the nested call
+    # is the same backward pass, counted once
+    running = [0]
+
     @functools.wraps(original)
     def observed_backward(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         run = link.get()
-        if run is None:
+        if run is None or running[0]:
             return original(tensor, *args, **kwargs)
         value = float(tensor.detach()) if tensor.numel() == 1 else None
         run.before_backward(tensor)
         del run  # no strong reference across the user's backward
         started = time.perf_counter()
+        running[0] += 1
         try:
             result = original(tensor, *args, **kwargs)
         finally:
+            running[0] -= 1
             run = link.get()
             if run is not None:
                 run.backward(value, started)

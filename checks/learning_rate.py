@@ -1,0 +1,34 @@
+"""``learning-rate``: the script's own optimizer moves the weights by a negligible or a
+huge amount per step.
+
+Reads the update sizes the script run measured at each optimizer's first steps
+(:attr:`~torchdoctor.scriptrun.observations.ScriptRun.update_sizes`:
+``||Δw|| / ||w||`` per param group). The thresholds, words and fixes are
+:mod:`torchdoctor.diagnoses.learning_rate`'s. Script mode only: model mode trains with
+the reference setup, whose learning rate is known to work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torchdoctor.check import Check, SkipCheck
+from torchdoctor.diagnoses import learning_rate
+
+if TYPE_CHECKING:
+    from torchdoctor.engine.context import CheckContext
+    from torchdoctor.findings import Finding
+    from torchdoctor.scriptrun.observations import ScriptRun
+
+
+class LearningRateCheck(Check):
+    """Finds learning rates too small or too large for the weights they update."""
+
+    id = learning_rate.FINDING_ID
+    summary = learning_rate.SUMMARY
+
+    def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
+        """One finding per param group whose updates are negligible or huge."""
+        if not run.update_sizes:
+            raise SkipCheck("no optimizer step was applied: no update to measure")
+        return learning_rate.findings(run.update_sizes)
