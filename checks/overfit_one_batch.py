@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from torchdoctor.diagnoses.anatomy import Anatomy
     from torchdoctor.diagnoses.overfit import Fit
     from torchdoctor.engine.context import CheckContext, ModelCandidate
+    from torchdoctor.scriptrun.observations import ScriptRun
 
 #: on a synthetic task, a best loss below this share of the first one is partial success
 _PARTLY = 0.5
@@ -76,6 +77,15 @@ def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Exam
     return Examination(anatomy, fit, size)
 
 
+def _lr_certainly_negligible(run: ScriptRun) -> bool:
+    """Whether learning-rate reports an error (a certain one) for the script's updates."""
+    from torchdoctor.diagnoses import learning_rate
+    from torchdoctor.findings import Severity
+
+    found = [learning_rate.negligible_finding(r) for r in run.update_sizes]
+    return any(f is not None and f.severity is Severity.ERROR for f in found)
+
+
 class OverfitOneBatchCheck(Check):
     """A copy of the model must be able to fit one batch; if not, the reason."""
 
@@ -98,6 +108,8 @@ class OverfitOneBatchCheck(Check):
             # params-not-updating's finding
             verdict.unoptimized_in_script = ctx.run is not None and \
                 bool(ctx.run.unoptimized_grads)
+            # updates the script's own steps showed too small to train are learning-rate's
+            verdict.lr_in_script = ctx.run is not None and _lr_certainly_negligible(ctx.run)
         return verdict.findings()
 
 
@@ -120,6 +132,7 @@ class _Verdict:
         self.origin = ""
         self.diverged_in_script = False
         self.unoptimized_in_script = False
+        self.lr_in_script = False
 
     def use_script_setup(self, description: str, origin: str) -> None:
         """Judge a copy trained with the script's own setup: only a loss that does not
@@ -180,8 +193,9 @@ class _Verdict:
         assert fit is not None
         blew_up = overfit.diverged(self.name, fit, self._optimizer()) is not None
         if self.script_setup and ((blew_up and self.diverged_in_script) or
-                                  (a.not_in_optimizer and self.unoptimized_in_script)):
-            return []
+                                  (a.not_in_optimizer and self.unoptimized_in_script) or
+                                  (fit.stuck and self.lr_in_script)):
+            return []  # the script's own steps showed that cause: its check reports it
         if self.script_setup and not fit.stuck and not blew_up:
             return [self._partly()] if not a.cut and a.final is None else []
         found = []
