@@ -2,9 +2,12 @@
 
 Script mode translates the crash ("Expected all tensors to be on the same device", "Input
 type (...) and weight type (...) should be the same") and pins it to the module that was
-running. Model mode finds what a CPU-only machine hides: tensors kept as plain module
-attributes, submodules in plain lists or dicts, and tensors created in forward without
-``device=`` (found by running a copy of the model on the ``meta`` device).
+running; on a machine without a GPU the script runs with an emulated one
+(:mod:`torchdoctor.scriptrun.gpuemu`) and every operation that mixed GPU and CPU tensors
+is reported at its line, with where the CPU tensor came from. Model mode finds what a
+CPU-only machine hides: tensors kept as plain module attributes, submodules in plain
+lists or dicts, and tensors created in forward without ``device=`` (found by running a
+copy of the model on the ``meta`` device).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torchdoctor.diagnoses.devices import (
     MOVE_HINT,
     crash_message,
     created_on_device,
+    emulated_mix_text,
     meta_failure_text,
     mix_text,
     parse_device_error,
@@ -50,6 +54,25 @@ class DeviceMismatchCheck(Check):
             message += f" (raised at {error.location})"
         location = call.module.describe() if call is not None else error.location
         return self.error(message, location=location, hint=MOVE_HINT, explains_crash=True)
+
+    def check_script(self, ctx: CheckContext, run: ScriptRun) -> list[Finding]:
+        """One error per line and cause where the emulated GPU met the CPU."""
+        import linecache
+
+        findings = []
+        for record in run.device_mixes:
+            where = record.used_at
+            source = linecache.getline(where.file, where.line).strip() if where else ""
+            message, hint = emulated_mix_text(record, source)
+            if record.count > 1:
+                message += f" ({record.count} times in the run)"
+            findings.append(self.error(message, location=where or run.path, hint=hint))
+        return findings
+
+    def wants_models(self, ctx: CheckContext, script_findings: list[Finding]) -> bool:
+        """A run with an emulated GPU that showed mixes has said it: the copy on the
+        meta device would find the same tensors again."""
+        return not (ctx.run is not None and ctx.run.device_mixes)
 
     # -- model mode --------------------------------------------------------------------
     def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import assert_ran_quiet
 from torchdoctor.checks.device_mismatch import DeviceMismatchCheck
 from torchdoctor.diagnoses.devices import DeviceError, parse_device_error
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
@@ -27,6 +28,7 @@ from torchdoctor.scriptrun.observations import (
 
 CHECK = "device-mismatch"
 CUDA = "works on CPU, crashes on CUDA"
+EMULATED = "(found with an emulated GPU)"
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
 
 
@@ -86,12 +88,64 @@ class Heads(nn.Module):
 # -- the example programs -----------------------------------------------------------------
 
 def test_example_bug_is_found_without_a_gpu(example_report: Callable[[str], Report]) -> None:
+    """Script mode with an emulated GPU: the line that mixes, and the line that made the
+    CPU tensor (model mode, which would say it again from the meta device, stays out)."""
     found = _mine(example_report("device_mismatch"))
     assert len(found) == 1
     finding = found[0]
-    assert finding.severity is Severity.ERROR and CUDA in finding.message
-    assert finding.location.endswith("device_mismatch.py:26")  # the torch.ones line
-    assert "torch.ones" in finding.message and "device=x.device" in finding.hint
+    assert finding.severity is Severity.ERROR and EMULATED in finding.message
+    assert finding.location.endswith("device_mismatch.py:27")  # the torch.cat line
+    assert "device_mismatch.py:26 by torch.ones(...) without device=" in finding.message
+    assert "device=x.device" in finding.hint
+
+
+#: the example variants: (program, the line that mixes, words of the message, of the fix)
+VARIANTS = [
+    ("device_mismatch_labels", 36, "a DataLoader batch (fetched at", "labels.to(device)"),
+    ("device_mismatch_class_weights", 39, "class_weights.py:16 by torch.tensor(...)",
+     "t = t.to(device)"),
+    ("device_mismatch_noise", 36, "noise.py:34 by torch.randn(...)", "torch.randn_like(x)"),
+    ("device_mismatch_arange", 24, "arange.py:23 by torch.arange(...)",
+     "torch.arange(..., device=x.device)"),
+    ("device_mismatch_attribute", 26, "MaskedMLP.mask is a plain tensor attribute",
+     'self.register_buffer("mask", ...)'),
+    ("device_mismatch_layer_list", 27, "kept in DeepMLP.hidden, a plain Python list",
+     "self.hidden = nn.ModuleList([...])"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("program", "line", "words", "fix"), VARIANTS,
+                         ids=[v[0] for v in VARIANTS])
+def test_gpu_only_bug_is_found_in_script_mode_at_its_line(
+        program: str, line: int, words: str, fix: str,
+        example_report: Callable[[str], Report]) -> None:
+    report = example_report(program)
+    found = _mine(report)
+    assert len(found) == 1, [f.message for f in found]
+    finding = found[0]
+    assert finding.severity is Severity.ERROR and EMULATED in finding.message
+    assert finding.location.endswith(f"{program}.py:{line}")
+    assert words in finding.message and fix in finding.hint
+    assert report.crashed == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("program", [v[0] for v in VARIANTS])
+def test_gpu_only_bug_fixed_is_quiet(program: str,
+                                     example_report: Callable[[str], Report]) -> None:
+    report = example_report(f"{program}_fixed")
+    assert_ran_quiet(report, CHECK)
+    assert report.errors == [] and report.crashed == []
+    assert any("GPU emulation" in note for note in report.notes)
+
+
+def test_gpu_emulation_off_runs_the_cpu_branch(tmp_path: Path) -> None:
+    """``--gpu-emulation off``: the script takes its CPU branch, nothing is emulated."""
+    report = diagnose(str(BUGS / "device_mismatch_labels.py"), select=[CHECK],
+                      options=CheckOptions(gpu_emulation="off"))
+    assert_ran_quiet(report, CHECK)
+    assert not any("GPU emulation" in note for note in report.notes)
 
 
 # -- the crash, translated --------------------------------------------------------------------

@@ -168,9 +168,13 @@ def test_torch_load_is_restored_after_a_run(tmp_path: Path) -> None:
 class _Recorder:
     def __init__(self) -> None:
         self.records: list[LoadRecord] = []
+        self.checkpoints: list[tuple[str, Any]] = []
 
     def unsafe_load(self, record: LoadRecord) -> None:
         self.records.append(record)
+
+    def checkpoint_call(self, kind: str, location: Any) -> None:
+        self.checkpoints.append((kind, location))
 
 
 def test_a_load_wrapper_that_outlives_its_run_records_nothing(tmp_path: Path) -> None:
@@ -180,9 +184,10 @@ def test_a_load_wrapper_that_outlives_its_run_records_nothing(tmp_path: Path) ->
     load = wrap_load(torch.load, link)
     load(tmp_path / "w.pt", weights_only=False)
     assert len(recorder.records) == 1 and recorder.records[0].explicit
+    assert [kind for kind, _ in recorder.checkpoints] == ["load"]  # the checkpoint phase
     link.cut()
     loaded = load(tmp_path / "w.pt", weights_only=False)
-    assert len(recorder.records) == 1  # inert: calls straight through
+    assert len(recorder.records) == 1 and len(recorder.checkpoints) == 1  # inert
     assert torch.equal(loaded["w"], torch.ones(2))
 
 

@@ -215,8 +215,13 @@ CUDA_IDIOM = TRAINS.replace("model = nn.Linear(4, 2)", "device = 'cuda' if torch
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine "
                     "without CUDA")
 def test_cuda_on_a_cpu_machine_gets_the_portable_idiom(tmp_path: Path) -> None:
+    """With the GPU emulation off the script runs as ``python`` would (by default it runs
+    with an emulated GPU, and ``.cuda()`` works)."""
     (tmp_path / "start.py").write_text(CUDA_AT_START)
-    result = run_cli("check", "start.py", "--format", "json", cwd=tmp_path)
+    emulated = run_cli("check", "start.py", "--format", "json", cwd=tmp_path)
+    assert not [f for f in json.loads(emulated.stdout)["findings"] if f["check"] == "target"]
+    result = run_cli("check", "start.py", "--format", "json", "--gpu-emulation", "off",
+                     cwd=tmp_path)
     assert result.returncode == 1
     finding = next(f for f in json.loads(result.stdout)["findings"] if f["check"] == "target")
     assert finding["location"] == "start.py:4"
@@ -224,7 +229,7 @@ def test_cuda_on_a_cpu_machine_gets_the_portable_idiom(tmp_path: Path) -> None:
     assert 'device = "cuda" if torch.cuda.is_available() else "cpu"' in finding["hint"]
     (tmp_path / "later.py").write_text(CUDA_LATER)
     result = run_cli("check", "later.py", "--select", "missing-zero-grad", "--format", "json",
-                     cwd=tmp_path)
+                     "--gpu-emulation", "off", cwd=tmp_path)
     finding = next(f for f in json.loads(result.stdout)["findings"] if f["check"] == "target")
     assert finding["location"] == "later.py:12" and finding["severity"] == "error"
     assert "torch.cuda.is_available()" in finding["hint"]

@@ -52,6 +52,10 @@ BUGGY = [
     ("custom_train_override.py", "nn.Module.train(net, False)", "pass", "eval-mode"),
     ("train_false.py", "    model.train(True)\n", "", "eval-mode"),
     ("compiled_model.py", "    optimizer.zero_grad()\n", "", "missing-zero-grad"),
+    ("cuda_amp_checkpoint.py",
+     "            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)"
+     "\n            optimizer", "            xb = xb.to(device, non_blocking=True)\n"
+     "            optimizer", "device-mismatch"),
 ]
 
 

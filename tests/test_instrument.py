@@ -6,11 +6,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from torchdoctor.engine.context import CheckOptions
+from torchdoctor.scriptrun import budget
 from torchdoctor.scriptrun.observations import RunStatus
 from torchdoctor.scriptrun.script import run_script
 
@@ -63,13 +65,18 @@ def test_batches_per_pass_are_capped_and_both_phases_observed(tmp_path: Path) ->
     assert len(result.snapshots) == 1 and result.models[0] is result.namespace["model"]
 
 
-def test_steps_beyond_the_budget_are_skipped_then_the_run_stops(tmp_path: Path) -> None:
+def test_steps_beyond_the_budget_are_skipped_and_endless_epochs_cut(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "MAX_PASSES", 60)  # the cap's logic, at a test's cost
     result = run_script(_program(tmp_path, TRAINING.replace("EPOCHS", "1000")),
                         CheckOptions(limit_batches=4, max_steps=5))
     run = result.run
     assert run.status is RunStatus.STOPPED
-    assert len(run.applied_steps) == 5
-    assert len(run.steps) == 10
+    assert run.cut == "safety cap: more than 60 DataLoader passes"
+    # --max-steps applied, plus the first STEPS_PER_PASS steps of the second full pass
+    assert len(run.applied_steps) == 5 + 1
+    # 30 training passes (alternating with 30 evaluation passes): 2 full, 28 of 1 batch
+    assert run.steps[-1].skipped and len(run.steps) == 4 + 4 + 28
     # the optimizer's own step method is back
     assert "step" not in vars(result.namespace["optimizer"])
 
@@ -85,11 +92,17 @@ def test_everything_patched_is_restored(tmp_path: Path) -> None:
     from torch.optim import optimizer
 
     originals = (DataLoader.__iter__, torch.Tensor.backward, nn.functional.cross_entropy,
-                 torch.optim.Optimizer.zero_grad, nn.Module.zero_grad)
+                 torch.optim.Optimizer.zero_grad, nn.Module.zero_grad, torch.save, torch.load,
+                 nn.Module.load_state_dict)
     argv, main_module, path = sys.argv[:], sys.modules["__main__"], sys.path[:]
-    run_script(_program(tmp_path, TRAINING.replace("EPOCHS", "1")), CheckOptions())
+    source = TRAINING.replace("EPOCHS", "1") + (
+        f"torch.save(model.state_dict(), {str(tmp_path / 'm.pt')!r})\n"
+        f"model.load_state_dict(torch.load({str(tmp_path / 'm.pt')!r}, weights_only=True))\n")
+    result = run_script(_program(tmp_path, source), CheckOptions())
+    assert [c.kind for c in result.run.checkpoints] == ["save", "load", "load_state_dict"]
     assert (DataLoader.__iter__, torch.Tensor.backward, nn.functional.cross_entropy,
-            torch.optim.Optimizer.zero_grad, nn.Module.zero_grad) == originals
+            torch.optim.Optimizer.zero_grad, nn.Module.zero_grad, torch.save, torch.load,
+            nn.Module.load_state_dict) == originals
     assert (sys.argv, sys.modules["__main__"], sys.path) == (argv, main_module, path)
     assert not module._global_forward_hooks and not module._global_forward_pre_hooks
     assert not optimizer._global_optimizer_pre_hooks

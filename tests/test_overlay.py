@@ -164,6 +164,16 @@ def _scratch_dirs() -> set[str]:
     return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("torchdoctor-scratch")}
 
 
+@pytest.fixture
+def private_tempdir(tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory of this test's own, so that scratch directories other runs on
+    the machine create meanwhile do not change what :func:`_scratch_dirs` counts."""
+    directory = tmp_path_factory.mktemp("systemp")
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
 def test_exempt_paths_are_left_alone_and_the_project_is_covered_even_in_tmp(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
@@ -238,7 +248,7 @@ def test_a_checkpoint_overwritten_by_the_script_stays_bit_identical(
 
 
 def test_every_write_api_reads_back_and_leaves_the_directory_unchanged(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_tempdir: Path) -> None:
     pytest.importorskip("matplotlib")
     project = _user_project(tmp_path)
     scratch_before = _scratch_dirs()
@@ -325,7 +335,7 @@ _STEPS = len(list(overlay._installers(RunLink(ScratchView("/nonexistent")))))
 
 @pytest.mark.parametrize("index", range(_STEPS))
 def test_a_failure_half_way_through_entry_undoes_everything(
-        index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        index: int, monkeypatch: pytest.MonkeyPatch, private_tempdir: Path) -> None:
     before, scratch_before = _patched(), _scratch_dirs()
     monkeypatch.setattr(overlay, "_installers", _failing_at(index))
     with pytest.raises(RuntimeError, match="injected failure"):

@@ -38,7 +38,7 @@ def test_check_and_profile_take_every_run_option_with_the_same_default(command: 
     defaults = _defaults(parser)
     flags = {s for a in parser._actions for s in a.option_strings}
     for option in RUN_OPTIONS:
-        if command == "profile" and option.field == "trace_steps":
+        if command == "profile" and option.field in ("trace_steps", "gpu_emulation"):
             assert option.field not in defaults  # op tracing would be profiled too
             continue
         assert defaults[option.field] == option.default, option.flag
@@ -60,6 +60,7 @@ def test_parsed_values_become_check_options() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("field", "raw", "reason"), [
+    ("gpu_emulation", "maybe", "must be auto, on or off"),
     ("max_steps", "0", "must be at least 1"),
     ("timeout", "-1", "must be positive"),
     ("limit_batches", "many", "expected an integer"),

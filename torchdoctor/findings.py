@@ -145,6 +145,9 @@ class Report:
     checks: list[CheckResult] = field(default_factory=list)
     run_findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the phases of a script run (train, validate, test, predict, checkpoint) as JSON
+    #: objects (see :func:`torchdoctor.scriptrun.phases.phase_dicts`); empty otherwise
+    phases: list[dict[str, Any]] = field(default_factory=list)
     #: script mode: what the script would have written or removed (capped list)
     written: list[WrittenFile] = field(default_factory=list)
     #: how many more files than ``written`` lists
@@ -195,6 +198,7 @@ class Report:
             "checks": [r.to_dict() for r in self.checks],
             "findings": [f.to_dict() for f in self.findings],
             "notes": list(self.notes),
+            "phases": [dict(p) for p in self.phases],
             "written": [w.to_dict() for w in self.written],
             "written_more": self.written_more,
         }

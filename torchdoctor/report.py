@@ -140,13 +140,35 @@ def _header(report: Report, fmt: str, style: Style) -> str:
     for name, setup in report.setups.items():
         line = f"setup: {name}: {setup}" if len(report.setups) > 1 else f"setup: {setup}"
         lines.append(line if fmt == "markdown" else _fill(line, style.width, "", "       "))
-    for note in report.notes:
-        lines.append(f"note: {note}" if fmt == "markdown" else
-                     _fill(f"note: {note}", style.width, "", "      "))
+    for line in [*phase_lines(report), *(f"note: {note}" for note in report.notes)]:
+        lines.append(line if fmt == "markdown" else _fill(line, style.width, "", "      "))
     files = written_line(report)
     if files:
         lines.append(files if fmt == "markdown" else _fill(files, style.width, "", "       "))
     return "\n".join(lines)
+
+
+def phase_lines(report: Report) -> list[str]:
+    """``phases: train (10 passes, 16 batches), ...`` and one ``cut:`` line per phase the
+    program was cut short in; nothing for a report without a script run."""
+    if not report.phases:
+        return []
+    parts = []
+    for phase in report.phases:
+        if phase["phase"] == "checkpoint":
+            parts.append(f"checkpoint ({phase.get('detail', '')})")
+        elif phase["passes"]:
+            passes = "pass" if phase["passes"] == 1 else "passes"
+            batches = "batch" if phase["batches"] == 1 else "batches"
+            capped = ", capped" if phase["capped"] else ""
+            parts.append(f"{phase['phase']} ({phase['passes']} {passes}, "
+                         f"{phase['batches']} {batches}{capped})")
+        else:
+            calls = "call" if phase["calls"] == 1 else "calls"
+            parts.append(f"{phase['phase']} ({phase['calls']} {calls})")
+    lines = ["phases: " + ", ".join(parts)]
+    lines.extend(f"cut: {p['phase']}: {p['cut']}" for p in report.phases if p["cut"])
+    return lines
 
 
 def written_line(report: Report, listed: int = _LISTED_FILES) -> str:

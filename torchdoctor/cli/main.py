@@ -88,8 +88,9 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:
                               "after them (default 20)"},
         "device": {"help": "device profiled: cpu, cuda, cuda:1 (default cpu)"},
         "seed": {"help": "seed of the run (default 0)"}},
-        # op-by-op tracing would be profiled too: profile runs the script without it
-        leave_out=frozenset({"trace_steps"}))
+        # op-by-op tracing, and an emulated GPU's bookkeeping, would be profiled too:
+        # profile runs the script without them
+        leave_out=frozenset({"trace_steps", "gpu_emulation"}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

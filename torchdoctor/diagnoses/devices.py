@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torchdoctor.diagnoses.device_tracing import Mix, Stray
-    from torchdoctor.scriptrun.observations import ModuleCall
+    from torchdoctor.scriptrun.observations import DeviceMixRecord, ModuleCall
 
 #: the finding id of device bugs
 DEVICE_CHECK = "device-mismatch"
@@ -182,3 +182,63 @@ def params_off_device_message(names: str, home: str | None) -> str:
 def tensor_off_device_message(label: str, shape: str, device: str, home: str | None) -> str:
     """A batch tensor on another device than the model."""
     return f"{label} {shape} is on {device} but the model is on {home}"
+
+
+# -- script mode with an emulated GPU (torchdoctor.scriptrun.gpuemu) ----------------------
+
+#: what torch raises on a GPU for a mixed operation
+SAME_DEVICE_ERROR = '"Expected all tensors to be on the same device"'
+
+#: factories with a ``*_like`` form (same shape and device as another tensor)
+_HAS_LIKE = frozenset({"ones", "zeros", "empty", "full", "rand", "randn", "randint"})
+_CAUSES = {
+    "loader": ("it is a DataLoader batch (fetched at {created}) that was never moved to the "
+               "GPU", "move every tensor of the batch, in every loop (train and eval): "
+               "inputs, labels = inputs.to(device), labels.to(device)"),
+    "factory": ("it was created at {created} by torch.{detail}(...){without}, so it "
+                "stays on the CPU when the rest moves",
+                "{make}"),
+    "attribute": ("{detail} is a plain tensor attribute (assigned at {created}), not a "
+                  "buffer: model.to(device) does not move it",
+                  'self.register_buffer("{attr}", ...) in __init__ instead of '
+                  "self.{attr} = ..."),
+    "module-list": ("its layer is kept in {detail}, a plain Python list (at {created}): "
+                    "model.to(device) does not move it, and model.parameters() (the "
+                    "optimizer) does not see it",
+                    "self.{attr} = nn.ModuleList([...]) (nn.ModuleDict for a dict)"),
+    "cpu-copy": ("it was moved to the CPU at {created} (.cpu() / .to(\"cpu\"))",
+                 "keep it on the device, or move it back with .to(device) before using "
+                 "it with GPU tensors"),
+    "device": ("the two tensors are on two different GPUs",
+               "use one device for the model and its data (device = torch.device(\"cuda\"))"),
+    "numpy": ("numpy cannot read GPU memory: on a GPU this raises \"can't convert cuda:0 "
+              "device type tensor to numpy\"", "call .cpu() first: t.detach().cpu().numpy()"),
+}
+
+
+def _factory_fix(factory: str) -> str:
+    if factory == "from_numpy":
+        return ("move it to the device before it meets GPU tensors: "
+                "t = torch.from_numpy(a).to(device)")
+    like = f" (or torch.{factory}_like(x))" if factory in _HAS_LIKE else ""
+    return (f"create it on the device: torch.{factory}(..., device=x.device){like}; a "
+            "tensor made once outside the loop: t = t.to(device) after creating it")
+
+
+def emulated_mix_text(record: DeviceMixRecord, source: str) -> tuple[str, str]:
+    """``(message, fix)`` for an operation that mixed the emulated GPU with the CPU
+    (``source``: the text of the user's line)."""
+    cause, hint = _CAUSES.get(record.origin, ("", MOVE_HINT))
+    fill = {"created": record.created_at or "an unknown line", "detail": record.detail,
+            "attr": record.detail.rsplit(".", 1)[-1], "make": _factory_fix(record.detail),
+            "without": " and never moved" if record.detail == "from_numpy" else
+            " without device="}
+    line = f" (`{source}`)" if source else ""
+    if record.origin == "numpy":
+        message = (f"{record.gpu} is converted to numpy{line}: {cause.format(**fill)} "
+                   "(found with an emulated GPU)")
+    else:
+        message = (f"{record.op}{line} mixes {record.gpu} with {record.other}"
+                   f"{': ' + cause.format(**fill) if cause else ''}; on a GPU this line "
+                   f"raises {SAME_DEVICE_ERROR} (found with an emulated GPU)")
+    return message, hint.format(**fill)

@@ -49,9 +49,12 @@ class CheckOptions:
     #: optimizer steps of a script run traced op by op (the numerics and broadcasting
     #: rules); 0 turns the op tracer off
     trace_steps: int = DEFAULT_TRACE_STEPS
-    #: optimizer steps skipped past ``max_steps`` before the run stops; None: as many as
-    #: ``max_steps`` (checks), 0: stop right after them (``profile --steps N``)
+    #: optimizer steps skipped past ``max_steps`` before the run stops; None: never (the
+    #: checks: the program runs to its end), 0: stop right after them (``profile --steps``)
     skipped_steps: int | None = None
+    #: script mode on a machine without a GPU: ``auto`` (emulate one when CUDA is not
+    #: available), ``on`` or ``off`` (see :mod:`torchdoctor.scriptrun.gpuemu`)
+    gpu_emulation: str = "auto"
 
 
 @dataclass

@@ -44,6 +44,7 @@ from torchdoctor.findings import (
 )
 from torchdoctor.plugins import collect_checks, make_plugin_manager, register_user_module
 from torchdoctor.scriptrun.observations import RunStatus, ScriptRun
+from torchdoctor.scriptrun.phases import phase_dicts
 
 
 def select_checks(classes: Sequence[type[Check]], select: Sequence[str] | None,
@@ -155,6 +156,7 @@ class Diagnosis:
             device=self.options.device, seconds=time.perf_counter() - self._started,
             checks=results, run_findings=self.run_findings(),
             notes=self.notes + (ctx.run.notes if ctx.run else []),
+            phases=phase_dicts(ctx.run),
             written=list(ctx.run.written) if ctx.run else [],
             written_more=ctx.run.written_more if ctx.run else 0)
 

@@ -55,6 +55,13 @@ def script_args(value: str) -> tuple[str, ...]:
     return tuple(shlex.split(value))
 
 
+def on_off_auto(value: str) -> str:
+    """``auto``, ``on`` or ``off`` (ValueError otherwise)."""
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"must be auto, on or off, got {value!r}")
+    return value
+
+
 def text(value: str) -> str:
     """A string as given."""
     return value
@@ -122,15 +129,22 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
               "device the checks train copies on: cpu, cuda, cuda:1, mps"),
     RunOption("seed", "--seed", any_int, "N", "seed of every check and of the reference batch"),
     RunOption("limit_batches", "--limit-batches", positive_int, "N",
-              "batches per DataLoader pass in a script run"),
+              "batches per DataLoader pass in a script run, for the first 2 passes of "
+              "each loader (later passes: 1; a pass accumulating gradients gets enough "
+              "for 2 optimizer steps)"),
     RunOption("max_steps", "--max-steps", positive_int, "N",
-              "optimizer steps applied in a script run (as many more are skipped, so a "
-              "script that evaluates after training gets there; then the run stops)"),
+              "optimizer steps applied in a script run; later ones are skipped and the "
+              "program runs on to its end (a loop no DataLoader bounds is cut after 2x N "
+              "backward passes)"),
     RunOption("trace_steps", "--trace-steps", non_negative_int, "N",
               "optimizer steps of a script run traced op by op for the numerics and "
               "broadcasting rules (0: off)"),
     RunOption("timeout", "--timeout", positive_float, "SECONDS",
               "time limit of the script run"),
+    RunOption("gpu_emulation", "--gpu-emulation", on_off_auto, "auto|on|off",
+              "script mode: run the script as if a GPU were there and record every "
+              "operation that mixes GPU and CPU tensors (auto: when this machine has no "
+              "CUDA device)"),
     RunOption("data_root", "--data", text, "DIR",
               "FashionMNIST root (default $TORCHDOCTOR_DATA, else ./data; synthetic data "
               "when absent)"),

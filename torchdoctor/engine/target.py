@@ -189,9 +189,17 @@ def _is_loss(module: Any) -> bool:
 
 def script_candidates(snapshots: list[Any], namespace: dict[str, Any], models: list[Any],
                       where: str) -> list[ModelCandidate]:
-    """The models the script built, as they were at their first forward."""
+    """The models the script built, as they were at their first forward. A model of the
+    same class and parameter shapes as an earlier one (a checkpoint reloaded into a new
+    instance for testing, a copy) is the same architecture: model mode checks it once."""
     candidates = []
+    architectures: set[tuple[Any, ...]] = set()
     for index, (model, snapshot) in enumerate(zip(models, snapshots)):
+        architecture = (type(model), *((n, tuple(p.shape)) for n, p in
+                                       model.named_parameters()))
+        if architecture in architectures:
+            continue
+        architectures.add(architecture)
         name = next((k for k, v in namespace.items() if v is model and not k.startswith("_")),
                     type(model).__name__)
         candidates.append(ModelCandidate.from_instance(

@@ -68,7 +68,8 @@ def _profile_target(target: str | None, *, steps: int, data: str | None, device:
         options = CheckOptions(device=device, seed=seed, limit_batches=limit_batches,
                                max_steps=steps, timeout=timeout, data_root=data,
                                script_args=script_args, skipped_steps=0,
-                               trace_steps=0)  # op tracing would be profiled too
+                               trace_steps=0,  # op tracing would be profiled too
+                               gpu_emulation="off")  # and an emulated GPU's bookkeeping
         return profile_script(target, options, trace=trace)
 
 

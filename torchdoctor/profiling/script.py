@@ -81,9 +81,13 @@ def _batch_size(run: ScriptRun) -> int | None:
 def _run_notes(run: ScriptRun, options: CheckOptions) -> list[str]:
     """The run's own notes, plus how it ended early when it did. The step budget's note
     is said in profile's own terms (its ``--steps``)."""
-    notes = [f"stopped after {options.max_steps} optimizer step(s) (--steps)"
-             if note.startswith("stopped after the step budget") and options.skipped_steps == 0
-             else note for note in run.notes]
+    from torchdoctor.scriptrun.budget import STEP_BUDGET_NOTE  # torch is loaded by now
+
+    notes = list(run.notes)
+    if run.cut.startswith(STEP_BUDGET_NOTE) and options.skipped_steps == 0:
+        notes.append(f"stopped after {options.max_steps} optimizer step(s) (--steps)")
+    elif run.cut and run.status.value == "stopped":  # a timeout is said below
+        notes.append(f"the run was cut before the program's end: {run.cut}")
     status = run.status.value
     if status not in UNFINISHED:
         return notes

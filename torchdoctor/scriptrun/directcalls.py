@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import linecache
 import os
+import sys
 import types
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -21,8 +22,9 @@ from typing import Any, Protocol
 from torch import nn
 
 from torchdoctor.scriptrun.callsite import is_user_file, location_of, user_callsite
-from torchdoctor.scriptrun.observations import DirectForwardRecord, LoadRecord
+from torchdoctor.scriptrun.observations import CodeLocation, DirectForwardRecord, LoadRecord
 from torchdoctor.scriptrun.patches import RunLink
+from torchdoctor.scriptrun.wrappers import note_checkpoint
 
 
 class LoadObserver(Protocol):
@@ -30,6 +32,9 @@ class LoadObserver(Protocol):
 
     def unsafe_load(self, record: LoadRecord) -> None:
         """Record a load that may unpickle arbitrary objects."""
+
+    def checkpoint_call(self, kind: str, location: CodeLocation) -> None:
+        """Record a checkpoint call (the program's checkpoint phase)."""
 
 
 def wrap_load(original: Callable[..., Any], link: RunLink[LoadObserver]) -> Callable[..., Any]:
@@ -40,6 +45,7 @@ def wrap_load(original: Callable[..., Any], link: RunLink[LoadObserver]) -> Call
     def observed_load(*args: Any, **kwargs: Any) -> Any:
         run = link.get()
         if run is not None:
+            note_checkpoint(run, "load", sys._getframe(1))
             given = kwargs.get("weights_only")
             pickle_module = args[2] if len(args) > 2 else kwargs.get("pickle_module")
             if not _weights_only(given, pickle_module):

@@ -1,16 +1,16 @@
 """Instrumentation of a user's training script, for one script-mode run.
 
 :class:`Instrumentation` is a context manager that, while it is active, observes every
-model forward, loss, ``backward()``, ``optimizer.step()``/``zero_grad()`` and DataLoader
-pass in the process, and enforces the fast-dev-run budget:
-
-* each DataLoader pass yields at most ``limit_batches`` batches;
-* after ``max_steps`` applied optimizer steps, further steps are skipped, and after as
-  many skipped steps again the run is stopped (so a 10-epoch script shows both its
-  training and its evaluation phases within seconds, and an endless loop ends).
+model forward, loss, ``backward()``, ``optimizer.step()``/``zero_grad()``, DataLoader
+pass and checkpoint call (``torch.save``/``torch.load``/``load_state_dict``) in the
+process, and enforces the fast-dev-run budget of :mod:`~torchdoctor.scriptrun.budget`:
+caps per phase (batches per pass, fewer for later passes of a loader, optimizer steps
+applied), so a 10-epoch script runs to its end (validation, test, predict, checkpoints)
+within seconds, and a safety cap cuts loops no DataLoader bounds.
 
 It uses torch's global module and optimizer hooks and patches a few attributes
-(DataLoader.__iter__, Tensor.backward, the zero_grad methods, functional losses). The
+(DataLoader.__iter__, Tensor.backward, the zero_grad methods, functional losses,
+torch.save/torch.load, Module.load_state_dict). The
 parts, one job each: :mod:`~torchdoctor.scriptrun.patches` installs and removes them (all
 or nothing), :mod:`~torchdoctor.scriptrun.wrappers` are the replacements (inert once the
 run is over), :mod:`~torchdoctor.scriptrun.forwards`, :mod:`~torchdoctor.scriptrun.losses`,
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from torchdoctor.diagnoses.gradcarry import GradCarryDetector
 from torchdoctor.diagnoses.manualgrad import ManualUpdateDetector
 from torchdoctor.engine.context import CheckOptions
-from torchdoctor.scriptrun.budget import LimitedIterator, PhaseTimer, StepBudget
+from torchdoctor.scriptrun.budget import LimitedIterator, PassBudget, PhaseTimer, RunBudget
 from torchdoctor.scriptrun.callsite import user_callsite
 from torchdoctor.scriptrun.directcalls import direct_forward_call, wrap_load
 from torchdoctor.scriptrun.forwards import ForwardRecorder
@@ -42,7 +42,14 @@ from torchdoctor.scriptrun.gradless import GradlessRecorder
 from torchdoctor.scriptrun.keptgraph import KeptGraphWatch
 from torchdoctor.scriptrun.losses import FUNCTIONAL_LOSSES, LossRecorder
 from torchdoctor.scriptrun.nonfinite import NonFiniteWatch
-from torchdoctor.scriptrun.observations import LoadRecord, ModuleCall, ScriptRun
+from torchdoctor.scriptrun.observations import (
+    CheckpointRecord,
+    CodeLocation,
+    LoadRecord,
+    ModuleCall,
+    PassRecord,
+    ScriptRun,
+)
 from torchdoctor.scriptrun.patches import PatchSet, RunLink
 from torchdoctor.scriptrun.progress import RunProgress
 from torchdoctor.scriptrun.setuppatches import install_setup_patches
@@ -53,6 +60,7 @@ from torchdoctor.scriptrun.updates import UpdateRecorder
 from torchdoctor.scriptrun.wrappers import (
     routed,
     wrap_backward,
+    wrap_checkpoint,
     wrap_functional_loss,
     wrap_loader_iter,
     wrap_zero_grad,
@@ -69,7 +77,8 @@ class Instrumentation:
         self.options = options
         self.run = run
         self.timer = PhaseTimer(run.phase_seconds)
-        self.budget = StepBudget(options.max_steps, self._skipped_step, options.skipped_steps)
+        self.budget = RunBudget(options.limit_batches, options.max_steps, self._skipped_step,
+                                options.skipped_steps)
         self.progress = RunProgress(self.budget)
         self._link: RunLink[Instrumentation] = RunLink(self)
         self.losses = LossRecorder(run, self.progress)
@@ -135,6 +144,9 @@ class Instrumentation:
         yield lambda p: p.patch(nn.Module, "zero_grad", wrap_zero_grad(nn.Module.zero_grad, link))
         yield lambda p: p.patch(torch, "load", wrap_load(torch.load, link))
         yield lambda p: install_setup_patches(p, link)
+        yield lambda p: p.patch(torch, "save", wrap_checkpoint("save", torch.save, link))
+        yield lambda p: p.patch(nn.Module, "load_state_dict", wrap_checkpoint(
+            "load_state_dict", nn.Module.load_state_dict, link))
         for name in FUNCTIONAL_LOSSES:
             yield lambda p, name=name: p.patch(  # type: ignore[misc]
                 nn.functional, name,
@@ -168,6 +180,10 @@ class Instrumentation:
     def unsafe_load(self, record: LoadRecord) -> None:
         """A ``torch.load`` that may unpickle arbitrary objects."""
         self.run.unsafe_loads.append(record)
+
+    def checkpoint_call(self, kind: str, location: CodeLocation) -> None:
+        """A ``torch.save``/``torch.load``/``load_state_dict`` call of the user's code."""
+        self.run.checkpoints.append(CheckpointRecord(kind, location, len(self.run.forwards)))
 
     def forward_after(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         """Global forward hook."""
@@ -216,8 +232,11 @@ class Instrumentation:
         self.training.after_backward(value)
 
     def backward_succeeded(self) -> None:
-        """A ``backward()`` returned: a loop without an optimizer ends at the budget."""
-        self.budget.after_backward(len(self.run.backwards))
+        """A ``backward()`` returned: counted in its pass; the safety cap may end the run."""
+        current = self.budget.current_pass
+        if current is not None:
+            self.run.passes[current.index].backwards += 1
+        self.budget.after_backward()
 
     def zero_grad(self, owner: Any) -> None:
         """A ``zero_grad`` call of ``owner``."""
@@ -226,13 +245,26 @@ class Instrumentation:
         self.training.zero_grad(owner)
 
     def loader_pass(self, loader: DataLoader, batches: Iterator[Any]) -> Iterator[Any]:
-        """A new DataLoader pass: counted, noted, and limited to ``limit_batches``."""
+        """A new DataLoader pass: counted, noted, and limited by the budget."""
+        allowance = self.budget.start_pass(loader)
         self.run.loader_passes += 1
-        self.progress.pass_index += 1
+        self.run.passes.append(PassRecord(allowance.index, allowance.loader, allowance.number))
         self._note_synthetic(loader)
         # the iterator may outlive the run (a script can keep it): it reaches the run weakly
-        return LimitedIterator(batches, self.options.limit_batches,
-                               routed("on_fetch", self._link))
+        link = self._link
+
+        def ended(capped: bool) -> None:
+            run = link.get()
+            if run is not None:
+                run.pass_ended(allowance, capped)
+
+        return LimitedIterator(batches, allowance, routed("on_fetch", link), ended)
+
+    def pass_ended(self, allowance: PassBudget, capped: bool) -> None:
+        """A DataLoader pass stopped: exhausted, or capped by the budget."""
+        self.budget.end_pass(allowance)
+        record = self.run.passes[allowance.index]
+        record.capped, record.extended, record.finished = capped, allowance.extended, True
 
     def _skipped_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.training.skipped_step(optimizer)
@@ -241,6 +273,10 @@ class Instrumentation:
         """A batch was fetched (its fetch started at ``started``)."""
         self.timer.add("data", started)
         self.run.batches += 1
+        self.budget.fetched()
+        current = self.budget.current_pass
+        if current is not None:
+            self.run.passes[current.index].batches += 1
 
     def _note_synthetic(self, loader: DataLoader) -> None:
         """Mark the report when the script trains on torchdoctor's synthetic stand-in."""

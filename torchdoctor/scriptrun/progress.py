@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from torchdoctor.scriptrun.budget import StepBudget
+from torchdoctor.scriptrun.budget import RunBudget
 
 _DETAILED_PER_PASS = 2  # forwards/losses per DataLoader pass summarised with statistics
 
@@ -37,10 +37,15 @@ def bookkeeping(method: _F) -> _F:
 class RunProgress:
     """The position of the run that every record is stamped with."""
 
-    def __init__(self, budget: StepBudget) -> None:
+    def __init__(self, budget: RunBudget) -> None:
         self.budget = budget
-        self.pass_index = -1  # the current DataLoader pass (-1: none yet)
         self.paused = False  # set while torchdoctor itself runs a model (replays)
+
+    @property
+    def pass_index(self) -> int:
+        """The DataLoader pass running now (the innermost one), -1 outside any."""
+        current = self.budget.current_pass
+        return -1 if current is None else current.index
 
     @property
     def applied_steps(self) -> int:
@@ -48,8 +53,12 @@ class RunProgress:
         return self.budget.applied
 
     def detailed(self, records: list[Any]) -> bool:
-        """Statistics cost kernels: compute them for the first few records of each
-        DataLoader pass only (and for everything outside DataLoader passes' bulk)."""
+        """Statistics cost kernels: compute them for the first few records of each full
+        DataLoader pass only (the later, one-batch passes of a loader repeat what its
+        full passes showed), and for everything outside DataLoader passes."""
+        current = self.budget.current_pass
+        if current is not None and not current.full:
+            return False
         in_pass = [r for r in records[-(_DETAILED_PER_PASS + 1):]
                    if getattr(r, "loader_pass", self.pass_index) == self.pass_index]
         return len(in_pass) < _DETAILED_PER_PASS or self.pass_index < 0

@@ -25,7 +25,9 @@ from torchdoctor.scriptrun.budget import StopRun
 from torchdoctor.scriptrun.bypass import CompileBypass
 from torchdoctor.scriptrun.callsite import display_path, is_user_file, user_frame_of_traceback
 from torchdoctor.scriptrun.datasets import OfflineDatasets
+from torchdoctor.scriptrun.gpuemu import GpuEmulation, wants_emulation
 from torchdoctor.scriptrun.instrument import Instrumentation
+from torchdoctor.scriptrun.latehooks import define_late_hooks
 from torchdoctor.scriptrun.observations import (
     CodeLocation,
     ErrorRecord,
@@ -89,11 +91,14 @@ def run_script(path: Path, options: CheckOptions, *,
     with _as_program(path, module, argv or []), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with OfflineDatasets(source, options.data_root, run), ScratchOverlay(run, path.parent), \
-                CompileBypass(run), Instrumentation(options, run) as instrumentation:
+                CompileBypass(run), GpuEmulation(run, wants_emulation(options)), \
+                Instrumentation(options, run) as instrumentation:
             _execute(code, module, run, instrumentation, options.timeout, output)
     run.seconds = time.perf_counter() - started
     _end_leftover_processes(children_before, run)
     run.warnings = _warning_records(caught)
+    # hook defs the program did not reach (cut by a cap, --timeout, a crash, sys.exit)
+    run.notes.extend(define_late_hooks(source, str(path), module.__dict__))
     _finish_phases(run)
     return ScriptResult(run, module.__dict__, list(instrumentation.models),
                         list(instrumentation.snapshots), output.getvalue()[-_OUTPUT_TAIL:])
@@ -105,12 +110,12 @@ def _execute(code: types.CodeType, module: types.ModuleType, run: ScriptRun,
         with _time_limit(timeout), contextlib.redirect_stdout(output), \
                 contextlib.redirect_stderr(output):
             exec(code, module.__dict__)
-    except StopRun:
+    except StopRun as stop:
         run.status = RunStatus.STOPPED
-        run.notes.append("stopped after the step budget (--max-steps applied, as many "
-                         "skipped; with no optimizer, 2x --max-steps backward passes)")
+        run.cut = stop.reason  # reported with the phases (the one it was cut in)
     except RunTimeout:
         run.status = RunStatus.TIMEOUT
+        run.cut = f"--timeout ({timeout:g}s)"
         run.notes.append(f"the script was stopped at --timeout ({timeout:g}s)")
     except SystemExit as exc:
         if exc.code not in (None, 0):

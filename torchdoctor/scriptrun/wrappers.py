@@ -10,12 +10,16 @@ nothing of the run alive.
 from __future__ import annotations
 
 import functools
+import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
 
+from torchdoctor.scriptrun.callsite import is_user_file, location_of
+from torchdoctor.scriptrun.observations import CodeLocation
 from torchdoctor.scriptrun.patches import RunLink
 
 Wrapper = Callable[..., Any]
@@ -135,6 +139,36 @@ def wrap_functional_loss(name: str, original: Wrapper, link: RunLink[RunObserver
         return output
 
     return observed_loss
+
+
+class CheckpointObserver(Protocol):
+    """What a checkpoint wrapper tells its run."""
+
+    def checkpoint_call(self, kind: str, location: CodeLocation) -> None:
+        """Record a ``torch.save``/``torch.load``/``load_state_dict`` call."""
+
+
+def wrap_checkpoint(kind: str, original: Wrapper,
+                    link: RunLink[CheckpointObserver]) -> Wrapper:
+    """``torch.save`` / ``Module.load_state_dict``: recorded (the checkpoint phase) when
+    the user's own code calls it, then called with the caller's arguments."""
+
+    @functools.wraps(original)
+    def observed_checkpoint(*args: Any, **kwargs: Any) -> Any:
+        run = link.get()
+        if run is not None:
+            note_checkpoint(run, kind, sys._getframe(1))
+            del run  # nothing of the run is held across the user's call
+        return original(*args, **kwargs)
+
+    return observed_checkpoint
+
+
+def note_checkpoint(run: CheckpointObserver, kind: str, caller: types.FrameType) -> None:
+    """Tell ``run`` of a checkpoint call made directly by the user's code (a library's
+    own loads, a dataset reading its files, are not the program's checkpoint phase)."""
+    if is_user_file(caller.f_code.co_filename):
+        run.checkpoint_call(kind, location_of(caller))
 
 
 def routed(method: str, link: RunLink[Any]) -> Callable[..., None]:
