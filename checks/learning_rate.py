@@ -4,8 +4,9 @@ huge amount per step.
 Reads the update sizes the script run measured at each optimizer's first steps
 (:attr:`~torchdoctor.scriptrun.observations.ScriptRun.update_sizes`:
 ``||Δw|| / ||w||`` per param group). The thresholds, words and fixes are
-:mod:`torchdoctor.diagnoses.learning_rate`'s. Script mode only: model mode trains with
-the reference setup, whose learning rate is known to work.
+:mod:`torchdoctor.diagnoses.learning_rate`'s. Script mode only. overfit-one-batch trains
+copies with the script's own setup and confirms a learning rate that cannot fit one
+batch; where this check's finding is an error, overfit-one-batch leaves that cause to it.
 """
 
 from __future__ import annotations

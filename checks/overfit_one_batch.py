@@ -1,14 +1,18 @@
 """overfit-one-batch: a healthy model drives the loss of one fixed batch near zero.
 
 A copy of each model is trained on one batch with the setup's loss and optimizer (the
-reference CrossEntropyLoss and Adam 1e-3 unless the file defines torchdoctor_loss() /
+script's own, captured in script mode, when it trained the model with one optimizer on
+a supervised loss: :mod:`torchdoctor.engine.usersetup`; else the reference
+CrossEntropyLoss and Adam 1e-3 unless the file defines torchdoctor_loss() /
 torchdoctor_optimizer()) by :mod:`torchdoctor.diagnoses.overfit`'s loop, the one
 ``assert_overfits_batch`` uses (its step budget and target). When it cannot fit the
 batch, the check says why (:mod:`torchdoctor.diagnoses.anatomy`): every parameter
 frozen, parameters that get no gradient although their module runs (a `.detach()` or
 `torch.no_grad()` in forward), parameters missing from the optimizer, a learning rate
 far too small, a final ReLU/Softmax/Sigmoid that keeps CrossEntropyLoss's logits
-non-negative, an initial loss far from ln(classes).
+non-negative, an initial loss far from ln(classes). With the script's own setup only a
+loss that does not move (chance level) or diverges is an error: a partial fit (label
+smoothing, weight decay, a small learning rate) is an info.
 Model mode only: a script's fast run is too short to judge convergence.
 """
 
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from torchdoctor.diagnoses.anatomy import Anatomy
     from torchdoctor.diagnoses.overfit import Fit
     from torchdoctor.engine.context import CheckContext, ModelCandidate
+    from torchdoctor.scriptrun.observations import ScriptRun
 
 #: on a synthetic task, a best loss below this share of the first one is partial success
 _PARTLY = 0.5
@@ -55,7 +60,7 @@ def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Exam
     model = ctx.fresh_model(candidate)
     batch = setup.batch(ctx.options.device)
     loss_fn = setup.make_loss()
-    optimizer = setup.make_optimizer(model.parameters())
+    optimizer = setup.optimizer_for(model)
     try:
         seen = probe(model, batch, loss_fn)
     except Exception:  # the user's model or loss does not take the batch: skipped
@@ -72,6 +77,15 @@ def examine(ctx: CheckContext, candidate: ModelCandidate, budget: float) -> Exam
     return Examination(anatomy, fit, size)
 
 
+def _lr_certainly_negligible(run: ScriptRun) -> bool:
+    """Whether learning-rate reports an error (a certain one) for the script's updates."""
+    from torchdoctor.diagnoses import learning_rate
+    from torchdoctor.findings import Severity
+
+    found = [learning_rate.negligible_finding(r) for r in run.update_sizes]
+    return any(f is not None and f.severity is Severity.ERROR for f in found)
+
+
 class OverfitOneBatchCheck(Check):
     """A copy of the model must be able to fit one batch; if not, the reason."""
 
@@ -84,7 +98,18 @@ class OverfitOneBatchCheck(Check):
         if found is None:
             raise SkipCheck("the batch does not run through the model (see shape-mismatch)")
         verdict = _Verdict(self, candidate.name, found)
-        verdict.synthetic = ctx.training_setup(candidate).source.get("batch") == "synthetic"
+        setup = ctx.training_setup(candidate)
+        verdict.synthetic = setup.source.get("batch") == "synthetic"
+        if setup.from_script:
+            verdict.use_script_setup(setup.summary, setup.origin)
+            # the script's own loss went NaN/inf: nan-loss reports that cause, once
+            verdict.diverged_in_script = ctx.run is not None and bool(ctx.run.nonfinite)
+            # parameters in no optimizer that the script's gradients showed are
+            # params-not-updating's finding
+            verdict.unoptimized_in_script = ctx.run is not None and \
+                bool(ctx.run.unoptimized_grads)
+            # updates the script's own steps showed too small to train are learning-rate's
+            verdict.lr_in_script = ctx.run is not None and _lr_certainly_negligible(ctx.run)
         return verdict.findings()
 
 
@@ -102,6 +127,20 @@ class _Verdict:
         self.batch_size = found.batch_size
         #: trained on a synthetic task (torchdoctor's guess, not the user's data)
         self.synthetic = False
+        #: the script's own setup (its description), and where its optimizer was built
+        self.script_setup = ""
+        self.origin = ""
+        self.diverged_in_script = False
+        self.unoptimized_in_script = False
+        self.lr_in_script = False
+
+    def use_script_setup(self, description: str, origin: str) -> None:
+        """Judge a copy trained with the script's own setup: only a loss that does not
+        decrease at all (or diverges) is an error; a setup that fits one batch partly
+        (label smoothing, weight decay, a small learning rate) is not accused."""
+        self.script_setup, self.origin = description, origin
+        if self.outcome:
+            self.outcome += " from the script"
 
     def findings(self) -> list[Finding]:
         """Structural faults first; the reasons for not fitting when it did not."""
@@ -152,6 +191,13 @@ class _Verdict:
         """Why the copy did not fit the batch (it did not)."""
         a, fit = self.anatomy, self.fit
         assert fit is not None
+        blew_up = overfit.diverged(self.name, fit, self._optimizer()) is not None
+        if self.script_setup and ((blew_up and self.diverged_in_script) or
+                                  (a.not_in_optimizer and self.unoptimized_in_script) or
+                                  (fit.stuck and self.lr_in_script)):
+            return []  # the script's own steps showed that cause: its check reports it
+        if self.script_setup and not fit.stuck and not blew_up:
+            return [self._partly()] if not a.cut and a.final is None else []
         found = []
         if a.frozen:
             found.append(self.check.error(
@@ -172,13 +218,19 @@ class _Verdict:
     def _lr_reasons(self, fit: Fit) -> list[Finding]:
         a = self.anatomy
         blew_up = overfit.diverged(self.name, fit, self._optimizer())
+        where = self.origin or f"{self.name}: {a.optimizer}"
         if blew_up is not None:
-            return [self.check.error(blew_up, location=f"{self.name}: {a.optimizer}",
+            return [self.check.error(blew_up + self._with_setup(), location=where,
                                      hint=overfit.DIVERGED_HINT)]
+        decay = overfit.heavy_decay(a.decay)
+        if decay:
+            return [self.check.error(
+                f"{self.name}: {decay}: {self.outcome}{self._with_setup()}", location=where,
+                hint=overfit.DECAY_HINT)]
         if a.lr is not None and a.lr < _TINY_LR:
             return [self.check.error(
-                f"{self.name}: the learning rate {a.lr:g} is far too small: {self.outcome}",
-                location=f"{self.name}: {a.optimizer}",
+                f"{self.name}: the learning rate {a.lr:g} is far too small: {self.outcome}"
+                f"{self._with_setup()}", location=where,
                 hint="use lr=1e-3 for Adam/AdamW (0.01-0.1 with momentum=0.9 for SGD)")]
         return []
 
@@ -193,6 +245,12 @@ class _Verdict:
             return self.check.warning(
                 overfit.slowly(self.name, fit, self._optimizer(), self.batch_size),
                 location=f"{self.name}: {a.optimizer}", hint=overfit.SLOW_HINT)
+        if self.script_setup:
+            return self.check.error(
+                overfit.does_not_learn(self.name, fit, self.script_setup, a.classes,
+                                       self.batch_size),
+                location=self.origin or f"{self.name}: <model>",
+                hint=overfit.SCRIPT_SETUP_HINT)
         if self.synthetic and fit.best < _PARTLY * fit.initial:
             # a guessed task half fitted, with no structural cause: not proof of a bug
             return self.check.warning(
@@ -226,7 +284,7 @@ class _Verdict:
             found.append(self.check.info(
                 f"{self.name}: {parameters.frozen_phrase(a.frozen)}; the rest fits one "
                 "batch, fine if intended", location=f"{self.name}: {a.frozen[0]}"))
-        if a.not_in_optimizer:
+        if a.not_in_optimizer and not self.unoptimized_in_script:
             found.append(self.check.info(
                 f"{self.name}: {parameters.not_held_phrase(a.not_in_optimizer)}; fine if "
                 "intended", location=f"{self.name}: {a.not_in_optimizer[0]}",
@@ -237,6 +295,19 @@ class _Verdict:
                 location=f"{self.name}: {a.unused[0]}",
                 hint="remove the unused layers, or call them in forward"))
         return found
+
+    def _partly(self) -> Finding:
+        """The script's setup lowers the loss of one batch without reaching the target."""
+        assert self.fit is not None
+        slow = self.fit.still_falling
+        return self.check.info(
+            f"{self.name} fits one batch {'slowly' if slow else 'only partly'} with your "
+            f"setup ({self.outcome}, {self.script_setup}); not judged an error: the loss "
+            "decreases", location=self.origin or f"{self.name}: <model>",
+            hint="" if not slow else overfit.SLOW_HINT)
+
+    def _with_setup(self) -> str:
+        return f" (your setup: {self.script_setup})" if self.script_setup else ""
 
     def _optimizer(self) -> str:
         a = self.anatomy

@@ -137,6 +137,9 @@ class Report:
     target: str
     mode: str
     data: str = "none"
+    #: per model trained in model mode, the training setup used ("your setup: ..." or
+    #: "reference setup: ...")
+    setups: dict[str, str] = field(default_factory=dict)
     device: str = "cpu"
     seconds: float = 0.0
     checks: list[CheckResult] = field(default_factory=list)
@@ -189,6 +192,7 @@ class Report:
             "target": self.target,
             "mode": self.mode,
             "data": self.data,
+            "setups": dict(self.setups),
             "device": self.device,
             "seconds": round(self.seconds, 3),
             "checks": [r.to_dict() for r in self.checks],

@@ -137,6 +137,9 @@ def _header(report: Report, fmt: str, style: Style) -> str:
              f"{report.seconds:.1f}s")
     lines = [f"## {title}" if fmt == "markdown" else style.paint(title, "bold"),
              facts if fmt == "markdown" else _fill(facts, style.width, "", "  ")]
+    for name, setup in report.setups.items():
+        line = f"setup: {name}: {setup}" if len(report.setups) > 1 else f"setup: {setup}"
+        lines.append(line if fmt == "markdown" else _fill(line, style.width, "", "       "))
     for line in [*phase_lines(report), *(f"note: {note}" for note in report.notes)]:
         lines.append(line if fmt == "markdown" else _fill(line, style.width, "", "      "))
     files = written_line(report)

@@ -47,6 +47,8 @@ class Anatomy:
     loss_has_grad: bool = True
     optimizer: str = ""
     lr: float | None = None
+    #: (weight_decay, lr) of the param group whose decay pulls hardest (lr x decay)
+    decay: tuple[float, float] | None = None
     loss: str = ""
     classes: int | None = None
     final: FinalActivation | None = None
@@ -97,6 +99,7 @@ def anatomy_of(model: nn.Module, seen: Probe, loss_fn: Any, optimizer: torch.opt
     from torchdoctor.validators import canonical_loss_name, loss_name_of
 
     found = Anatomy(optimizer=type(optimizer).__name__, lr=_lr(optimizer),
+                    decay=_decay(optimizer),
                     loss=canonical_loss_name(loss_name_of(loss_fn)),
                     loss_has_grad=bool(seen.loss.requires_grad))
     _sort_parameters(model, seen.ran, optimizer, found)
@@ -151,6 +154,13 @@ def _non_negative_final(model: nn.Module, inputs: Any, name: str) -> FinalActiva
     if final is None or final.name.lower() not in {n.lower() for n in NON_NEGATIVE}:
         return None
     return final
+
+
+def _decay(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None:
+    pairs = [(float(g.get("weight_decay") or 0.0), float(g["lr"]))
+             for g in optimizer.param_groups if "lr" in g]
+    pairs = [p for p in pairs if p[0] > 0]
+    return max(pairs, key=lambda p: p[0] * p[1]) if pairs else None
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float | None:

@@ -90,7 +90,7 @@ def train_until_nonfinite(model: nn.Module, setup: TrainingSetup, device: str,
     inputs, targets = setup.batch(device)
     if not all_finite(inputs):
         return Evidence(0, "input", inputs_finite=False)
-    optimizer = setup.make_optimizer(model.parameters())
+    optimizer = setup.optimizer_for(model)
     # as the one-batch fit does: OpenMP's waiting threads made these 30 small steps take
     # seconds instead of a tenth of one on a 2-core machine with anything else running
     with one_cpu_thread(device):

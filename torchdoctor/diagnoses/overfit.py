@@ -34,6 +34,9 @@ CHUNK = 10  #: at most this many steps between two looks at the clock
 RELATIVE_TARGET = 0.05  #: stop when the loss is below this fraction of the first loss
 ABSOLUTE_TARGET = 0.05  #: ... or below this value
 TOLERANCE = 2.0  #: converged when the judged loss is within this factor of the target
+#: with the script's own setup, a loss whose last steps average less than this share
+#: below its first steps does not decrease at all (dropout noise stays well under it)
+STUCK_SHARE = 0.02
 
 
 def default_target(initial: float) -> float:
@@ -80,6 +83,16 @@ class Fit:
         half = self.losses[len(self.losses) // 2:]
         tail = half[-max(1, len(self.losses) // 10):]
         return len(self.losses) >= 20 and sum(tail) / len(tail) < 0.9 * half[0]
+
+    @property
+    def stuck(self) -> bool:
+        """Whether the loss did not decrease at all: the mean of the last steps is within
+        :data:`STUCK_SHARE` of the mean of the first ones (or higher). Only judged on a
+        full run (not one cut short by the time budget)."""
+        n = len(self.losses)
+        k = max(1, min(10, n // 4))
+        first, last = sum(self.losses[:k]) / k, sum(self.losses[-k:]) / k
+        return n >= 20 and not self.out_of_time and first - last < STUCK_SHARE * abs(first)
 
     def describe(self, batch_size: int | None = None) -> str:
         """``loss 2.31 -> 1.42 in 200 steps on one batch of 64``."""
@@ -158,6 +171,44 @@ def cannot_fit(subject: str, fit: Fit, batch_size: int | None = None) -> str:
     """``Net cannot fit one batch: loss 2.3 -> 2.1 in 300 steps ..., stuck at 2.2``."""
     return (f"{subject} cannot fit one batch: {fit.describe(batch_size)}, stuck at "
             f"{fit.losses[-1]:.3g} (target {fit.target:.3g})")
+
+
+#: weight decay x learning rate at or above this pulls the weights to zero faster than one
+#: batch's gradient can move them (AdamW: weights x (1 - lr x decay) per step)
+HEAVY_DECAY = 0.1
+DECAY_HINT = ("use a weight_decay of 1e-4 to 1e-2 (AdamW: 0.01 to 0.1); lr x weight_decay "
+              "should stay far below 1")
+
+
+def heavy_decay(decay: tuple[float, float] | None) -> str:
+    """``weight_decay=1000 with lr=0.001 pulls the weights 100% of the way to zero each
+    step``, when the decay is that heavy; else ""."""
+    if decay is None or decay[0] * decay[1] < HEAVY_DECAY:
+        return ""
+    weight_decay, lr = decay
+    return (f"weight_decay={weight_decay:g} with lr={lr:g} pulls the weights "
+            f"{min(weight_decay * lr, 1.0):.0%} of the way to zero each step")
+
+
+SCRIPT_SETUP_HINT = (
+    "check the learning rate (Adam/AdamW: 1e-3; SGD: 0.01-0.1 with momentum=0.9), that the "
+    "loss gets the model's raw output and the batch's targets, that zero_grad() and step() "
+    "are called on the optimizer of the model you train, and that the optimizer was built "
+    "after the model's last layer change")
+
+
+def does_not_learn(subject: str, fit: Fit, setup: str, classes: int | None,
+                   batch_size: int | None = None) -> str:
+    """The script's own setup leaves the loss of a repeated batch where it started: at
+    chance level (ln(classes) for a classifier) or, for regression, not decreasing."""
+    steps = f"{len(fit.losses)} steps on one batch" + (f" of {batch_size}" if batch_size
+                                                        else "")
+    chance = math.log(classes) if classes and classes > 1 else None
+    if chance is not None and abs(fit.initial - chance) <= 0.25 * chance:
+        where = f"stays at chance level ({fit.losses[-1]:.3g}; ln({classes}) = {chance:.3g})"
+    else:
+        where = f"does not decrease ({fit.initial:.3g} -> {fit.losses[-1]:.3g})"
+    return f"{subject} does not learn with your setup ({setup}): the loss {where} over {steps}"
 
 
 def diverged(subject: str, fit: Fit, optimizer: str) -> str | None:

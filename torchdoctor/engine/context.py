@@ -1,9 +1,11 @@
 """What a check is given: the options, the script-mode observations, the models found,
 and the training setup (batch, loss, optimizer) to train copies of them with.
 
-The training setup is the reference one (a FashionMNIST batch of 64, CrossEntropyLoss,
-Adam 1e-3) unless the user's file defines the hook functions ``torchdoctor_batch``,
-``torchdoctor_loss`` or ``torchdoctor_optimizer`` (see :mod:`torchdoctor.hookspecs`).
+The training setup is the script's own for a model it trained (captured in script mode,
+see :mod:`torchdoctor.engine.usersetup`), else the reference one (a FashionMNIST batch
+of 64, CrossEntropyLoss, Adam 1e-3) unless the user's file defines the hook functions
+``torchdoctor_batch``, ``torchdoctor_loss`` or ``torchdoctor_optimizer`` (see
+:mod:`torchdoctor.hookspecs`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ DEFAULT_MAX_STEPS = 20
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_SEED = 0
 DEFAULT_TRACE_STEPS = 3
+#: ``TrainingSetup.source`` of the parts captured from the script run itself
+SCRIPT_SOURCE = "script"
 
 
 @dataclass(frozen=True)
@@ -66,16 +70,21 @@ class ModelCandidate:
     setup: TrainingSetup | None = None
     #: the parameter count, when known without building a copy
     parameters: int | None = None
+    #: its index among the models the script run observed (None: not run by the script)
+    observed: int | None = None
+    #: why the script's own training setup is not used for it ("" when it is, or none)
+    setup_note: str = ""
 
     @classmethod
-    def from_instance(cls, name: str, origin: str, model: nn.Module) -> ModelCandidate:
+    def from_instance(cls, name: str, origin: str, model: nn.Module,
+                      observed: int | None = None) -> ModelCandidate:
         """A candidate whose copies are deep copies of ``model`` as it is now (the
         snapshot is taken here, so later training of the user's object is not seen)."""
         from torchdoctor.tensors import deepcopy_module
 
         snapshot = deepcopy_module(model)
         return cls(name, origin, lambda: deepcopy_module(snapshot),
-                   parameters=sum(p.numel() for p in model.parameters()))
+                   parameters=sum(p.numel() for p in model.parameters()), observed=observed)
 
 
 @dataclass
@@ -91,11 +100,33 @@ class TrainingSetup:
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
     data: str = "synthetic"
     source: dict[str, str] = field(default_factory=dict)
+    #: builds the optimizer from the model itself (param groups by parameter name);
+    #: when set, :meth:`optimizer_for` uses it instead of ``make_optimizer``
+    make_optimizer_for: Callable[[nn.Module], torch.optim.Optimizer] | None = None
+    #: how the report names this setup ("" : derived from ``source``)
+    description: str = ""
+    #: its optimizer and loss in a few words, for findings (``SGD(lr=0.01), MSELoss``)
+    summary: str = ""
+    #: the user's line behind the setup (where the script built its optimizer)
+    origin: str = ""
 
     def user_gave(self, what: str) -> bool:
         """Whether the user gave the ``batch``/``loss``/``optimizer`` (a hook, an
-        argument), rather than torchdoctor choosing it (reference or synthetic)."""
-        return self.source.get(what, "reference") not in ("reference", "synthetic")
+        argument), rather than torchdoctor choosing it (reference or synthetic) or
+        taking it from the script run (whose own observations already tell more)."""
+        return self.source.get(what, "reference") not in ("reference", "synthetic",
+                                                          SCRIPT_SOURCE)
+
+    @property
+    def from_script(self) -> bool:
+        """Whether this is the script's own setup (optimizer, loss and batch)."""
+        return self.source.get("optimizer") == SCRIPT_SOURCE
+
+    def optimizer_for(self, model: nn.Module) -> torch.optim.Optimizer:
+        """A fresh optimizer over ``model``'s parameters."""
+        if self.make_optimizer_for is not None:
+            return self.make_optimizer_for(model)
+        return self.make_optimizer(model.parameters())
 
     def batch(self, device: str | torch.device) -> tuple[Any, Any]:
         """A fresh (inputs, targets) batch moved to ``device``."""

@@ -31,6 +31,7 @@ from torchdoctor.engine.target import (
     parse_target,
     script_candidates,
 )
+from torchdoctor.engine.usersetup import describe_setup, script_setup
 from torchdoctor.errors import TargetError, UsageError
 from torchdoctor.findings import (
     TARGET_CHECK_ID,
@@ -151,6 +152,7 @@ class Diagnosis:
         results = [self.run_check(check_id) for check_id in self.check_ids]
         return Report(
             target=self.target, mode=_mode_name(ctx), data=_data_name(ctx),
+            setups=_setup_names(ctx),
             device=self.options.device, seconds=time.perf_counter() - self._started,
             checks=results, run_findings=self.run_findings(),
             notes=self.notes + (ctx.run.notes if ctx.run else []),
@@ -259,16 +261,25 @@ def _context(target: str, options: CheckOptions, setup: TrainingSetup,
 
     usable, reasons = [], []
     for candidate in models:
+        hooks = any(setup.user_gave(what) for what in ("batch", "loss", "optimizer"))
+        own = script_setup(run, candidate, options) if run is not None and not hooks \
+            else None
+        if own is not None and own.setup is not None:
+            candidate.setup = own.setup
+            usable.append(candidate)
+            continue
+        candidate.setup_note = own.reason if own is not None else ""
         choice = choose_setup(candidate, setup, options)
         if choice.setup is not None and choice.setup is not setup and run is not None \
                 and run.forwards:
             # The script already ran its models on its own data. A task we guessed for
             # them proves little and could accuse a healthy model (a value head, a
             # contrastive loss), so model mode keeps to the reference and the user's hooks.
+            why = f" ({candidate.setup_note})" if candidate.setup_note else ""
             choice = Choice(None, f"{candidate.name}: the script trains it on its own data "
-                                  "and model mode cannot reuse that data; a guessed task "
-                                  f"could accuse a healthy model ({BATCH_HOOK} to check "
-                                  "copies too)")
+                                  f"and model mode cannot reuse that setup{why}; a guessed "
+                                  f"task could accuse a healthy model ({BATCH_HOOK} to "
+                                  "check copies too)")
         if choice.setup is None:
             reasons.append(choice.reason)
         else:
@@ -305,6 +316,11 @@ def _data_name(ctx: CheckContext) -> str:
     if len(set(named.values())) == 1:
         return next(iter(named.values()))
     return "; ".join(f"{name}: {data}" for name, data in named.items())
+
+
+def _setup_names(ctx: CheckContext) -> dict[str, str]:
+    """Per model trained in model mode, the setup its copies were trained with."""
+    return {c.name: describe_setup(ctx.training_setup(c), c.setup_note) for c in ctx.models}
 
 
 def _run_findings(run: ScriptRun | None, findings: list[Finding]) -> list[Finding]:
@@ -365,6 +381,7 @@ def diagnose_model(model: Any, *, batch: tuple[Any, Any] | None = None,
         ctx = _context(name, options, setup, None, [candidate])
     classes, problems = collect_checks(make_plugin_manager().manager)
     results = [run_one_check(cls(), ctx) for cls in select_checks(classes, select, ignore)]
-    return Report(target=name, mode="model", data=_data_name(ctx), device=options.device,
+    return Report(target=name, mode="model", data=_data_name(ctx), setups=_setup_names(ctx),
+                  device=options.device,
                   seconds=time.perf_counter() - started, checks=results, notes=problems)
 

@@ -194,7 +194,7 @@ def script_candidates(snapshots: list[Any], namespace: dict[str, Any], models: l
     instance for testing, a copy) is the same architecture: model mode checks it once."""
     candidates = []
     architectures: set[tuple[Any, ...]] = set()
-    for model, snapshot in zip(models, snapshots):
+    for index, (model, snapshot) in enumerate(zip(models, snapshots)):
         architecture = (type(model), *((n, tuple(p.shape)) for n, p in
                                        model.named_parameters()))
         if architecture in architectures:
@@ -203,5 +203,5 @@ def script_candidates(snapshots: list[Any], namespace: dict[str, Any], models: l
         name = next((k for k, v in namespace.items() if v is model and not k.startswith("_")),
                     type(model).__name__)
         candidates.append(ModelCandidate.from_instance(
-            name, f"{type(model).__name__} built by {where}", snapshot))
+            name, f"{type(model).__name__} built by {where}", snapshot, observed=index))
     return candidates

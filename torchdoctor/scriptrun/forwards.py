@@ -31,8 +31,9 @@ from torchdoctor.tensors import deepcopy_module, first_tensor, iter_tensors, sha
 
 _MAX_INPUTS = 4  # tensor inputs summarised per forward
 
-#: called with (loss name, args, output, options) when a loss module finishes outside a model
-LossSink = Callable[[str, tuple[Any, ...], Any, dict[str, str]], None]
+#: called with (loss name, args, output, options, the loss module) when a loss module
+#: finishes outside a model
+LossSink = Callable[[str, tuple[Any, ...], Any, dict[str, str], nn.Module], None]
 
 
 class ForwardRecorder:
@@ -85,7 +86,7 @@ class ForwardRecorder:
         if self._stack:
             return
         if _is_loss(module) and failing is None and len(args) >= 1:
-            self._on_loss(type(module).__name__, args, output, _loss_options(module))
+            self._on_loss(type(module).__name__, args, output, _loss_options(module), module)
         index = self._model_index.get(id(module))
         if index is not None and index in self._open_forwards:
             self._close_forward(index, output, failing is None)
@@ -100,6 +101,10 @@ class ForwardRecorder:
     def last_inputs(self, model_index: int) -> tuple[Any, ...] | None:
         """The arguments of the latest forward of model ``model_index``."""
         return self._last_inputs.get(model_index)
+
+    def model_index(self, module: nn.Module) -> int | None:
+        """The index of ``module`` among the root models, or None."""
+        return self._model_index.get(id(module))
 
     def param_name(self, param: torch.Tensor) -> str:
         """``fc1.weight`` (prefixed by the model's type for the second model on)."""

@@ -52,6 +52,8 @@ from torchdoctor.scriptrun.observations import (
 )
 from torchdoctor.scriptrun.patches import PatchSet, RunLink
 from torchdoctor.scriptrun.progress import RunProgress
+from torchdoctor.scriptrun.setuppatches import install_setup_patches
+from torchdoctor.scriptrun.setups import SetupRecorder
 from torchdoctor.scriptrun.tracing import ScriptTracing, start_tracing
 from torchdoctor.scriptrun.training import TrainingRecorder
 from torchdoctor.scriptrun.updates import UpdateRecorder
@@ -80,8 +82,9 @@ class Instrumentation:
         self.progress = RunProgress(self.budget)
         self._link: RunLink[Instrumentation] = RunLink(self)
         self.losses = LossRecorder(run, self.progress)
-        self.forwards = ForwardRecorder(run, self.progress, self.timer, self.losses.record,
+        self.forwards = ForwardRecorder(run, self.progress, self.timer, self._module_loss,
                                         self._link)
+        self.setups = SetupRecorder(self.forwards.last_inputs)
         self.detector = GradCarryDetector(sync=True, name_of=self.forwards.param_name,
                                           confirm_at_step=True)
         self.manual = ManualUpdateDetector(self.detector.owns, self.forwards.param_name)
@@ -118,6 +121,7 @@ class Instrumentation:
         self.manual.close()
         self.run.carried_grads = list(self.detector.records) + self.manual.records
         self.gradless.close()
+        self.run.setups = self.setups.finish(self.forwards.models)
         self.forwards.close()
 
     def _installers(self) -> Iterator[Callable[[PatchSet], None]]:
@@ -139,6 +143,7 @@ class Instrumentation:
                                 wrap_zero_grad(torch.optim.Optimizer.zero_grad, link))
         yield lambda p: p.patch(nn.Module, "zero_grad", wrap_zero_grad(nn.Module.zero_grad, link))
         yield lambda p: p.patch(torch, "load", wrap_load(torch.load, link))
+        yield lambda p: install_setup_patches(p, link)
         yield lambda p: p.patch(torch, "save", wrap_checkpoint("save", torch.save, link))
         yield lambda p: p.patch(nn.Module, "load_state_dict", wrap_checkpoint(
             "load_state_dict", nn.Module.load_state_dict, link))
@@ -183,9 +188,13 @@ class Instrumentation:
     def forward_after(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         """Global forward hook."""
         self.forwards.after(module, args, output)
+        index = self.forwards.model_index(module)
+        if index is not None and not self.forwards.inside_module and sys.exc_info()[1] is None:
+            self.setups.forward_done(index, output, torch.is_grad_enabled())
 
     def step_before(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Global optimizer step pre-hook."""
+        self.setups.optimizer_seen(optimizer, applied=True)
         self.training.before_step(optimizer, args, kwargs)
         self.updates.before_step(optimizer)
         self.kept_graphs.in_step = True
@@ -198,14 +207,22 @@ class Instrumentation:
         self.training.after_step(optimizer, args, kwargs)
 
     def functional_loss(self, name: str, args: tuple[Any, ...], output: Any,
-                        options: dict[str, str]) -> None:
+                        options: dict[str, Any]) -> None:
         """A functional loss called outside any module."""
         self.losses.record(name, args, output, options)
+        self.setups.loss(name, True, args, output, options)
+
+    def _module_loss(self, name: str, args: tuple[Any, ...], output: Any,
+                     options: dict[str, str], module: nn.Module) -> None:
+        """A loss module called outside any model."""
+        self.losses.record(name, args, output, options)
+        self.setups.loss(name, False, args, output, options, module)
 
     def before_backward(self, tensor: torch.Tensor) -> None:
         """A ``backward()`` is about to run (hand-written updates are judged around it)."""
         self.manual.before_backward(tensor, user_callsite())
-        if not self.progress.paused:
+        if not self.progress.paused:  # not torchdoctor's own replay of a step
+            self.setups.backward(tensor)
             self.kept_graphs.before_backward(tensor)
 
     def backward(self, value: float | None, started: float) -> None:
@@ -223,6 +240,8 @@ class Instrumentation:
 
     def zero_grad(self, owner: Any) -> None:
         """A ``zero_grad`` call of ``owner``."""
+        if isinstance(owner, torch.optim.Optimizer):
+            self.setups.optimizer_seen(owner)
         self.training.zero_grad(owner)
 
     def loader_pass(self, loader: DataLoader, batches: Iterator[Any]) -> Iterator[Any]:

@@ -28,8 +28,9 @@ class LossRecorder:
 
     @bookkeeping
     def record(self, name: str, args: tuple[Any, ...], output: Any,
-               options: dict[str, str]) -> None:
-        """Record loss ``name`` called with ``args`` (prediction, target) -> ``output``."""
+               options: dict[str, Any], module: Any = None) -> None:
+        """Record loss ``name`` called with ``args`` (prediction, target) -> ``output``
+        (``module``: the loss module, when it is one; only its name is recorded here)."""
         prediction = args[0]
         target = args[1] if len(args) > 1 else None
         if not isinstance(prediction, torch.Tensor):
@@ -42,4 +43,5 @@ class LossRecorder:
             index=len(self.run.losses), loss=name, prediction=describe(prediction),
             target=describe(target) if isinstance(target, torch.Tensor) else None,
             value=value, step_count=self.progress.applied_steps, location=user_callsite(),
-            options=options, loader_pass=self.progress.pass_index))
+            options={k: str(v) for k, v in options.items()},
+            loader_pass=self.progress.pass_index))

@@ -38,6 +38,7 @@ from torchdoctor.scriptrun.records import (  # re-exported: the records' histori
     UpdateRecord,
     WarningRecord,
 )
+from torchdoctor.scriptrun.setupdata import CapturedSetup
 
 __all__ = [
     "BackwardRecord",
@@ -129,6 +130,8 @@ class ScriptRun:
     gpu_emulated: bool = False
     #: operations that mixed the emulated GPU with the CPU (see :class:`DeviceMixRecord`)
     device_mixes: list[DeviceMixRecord] = field(default_factory=list)
+    #: how the script trained each root model (optimizer, loss, one batch...)
+    setups: list[CapturedSetup] = field(default_factory=list)
 
     @property
     def applied_steps(self) -> list[StepRecord]:

@@ -36,7 +36,7 @@ class RunObserver(Protocol):
         """Start a DataLoader pass over ``batches``; return the iterator to hand out."""
 
     def functional_loss(self, name: str, args: tuple[Any, ...], output: Any,
-                        options: dict[str, str]) -> None:
+                        options: dict[str, Any]) -> None:
         """Record a functional loss called outside any module."""
 
     def before_backward(self, tensor: torch.Tensor) -> None:
@@ -134,7 +134,7 @@ def wrap_functional_loss(name: str, original: Wrapper, link: RunLink[RunObserver
         if not inside_module:
             prediction = args[0] if args else kwargs.get("input")
             target = args[1] if len(args) > 1 else kwargs.get("target")
-            options = {k: str(v) for k, v in kwargs.items() if isinstance(v, (str, int))}
+            options = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float))}
             run.functional_loss(name, (prediction, target), output, options)
         return output
 

@@ -1,0 +1,71 @@
+"""Bug: the learning rate is 1e-9 (a typo for 1e-2), so the optimizer steps every batch
+but the weights barely move: the loss stays at chance level.
+
+The script runs without an error and its loss even wobbles, so nothing looks wrong. In
+model mode ``torchdoctor check examples/bugs/overfit_one_batch_lr.py`` trains copies of
+the model *with the script's own setup* (this SGD, this loss, a batch the script fed
+it) and reports that the loss does not leave chance level (check overfit-one-batch).
+The fix is in overfit_one_batch_lr_fixed.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from torchdoctor.reference.data import load_fashion_mnist
+
+
+class Classifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, 256), nn.ReLU(),
+            nn.Linear(256, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
+                optimizer: torch.optim.Optimizer) -> float:
+    model.train()
+    total = 0.0
+    for images, labels in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    return total / len(loader)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader) -> float:
+    model.eval()
+    correct = 0
+    for images, labels in loader:
+        correct += (model(images).argmax(dim=1) == labels).sum().item()
+    return correct / len(loader.dataset)
+
+
+def main(epochs: int = 2) -> None:
+    torch.manual_seed(0)
+    # a small slice keeps a plain run short
+    train_set = Subset(load_fashion_mnist(train=True), range(1024))
+    test_set = Subset(load_fashion_mnist(train=False), range(256))
+    train = DataLoader(train_set, batch_size=64, shuffle=True)
+    test = DataLoader(test_set, batch_size=64)
+    model = Classifier()
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-9, momentum=0.9)  # BUG: 1e-9
+    for epoch in range(epochs):
+        loss = train_epoch(model, train, loss_fn, optimizer)
+        print(f"epoch {epoch + 1}: loss {loss:.4f}, test accuracy {evaluate(model, test):.3f}")
+
+
+if __name__ == "__main__":
+    main()
