@@ -23,7 +23,8 @@ pytorch/examples, nanoGPT) and of the same loops with bad learning rates:
   default-initialised layer). A warning: the result is not certain to be wrong. Groups
   of fewer than :data:`HUGE_MIN_VALUES` weights are left out (a raw regression's few
   weights rightly move far from a tiny init: 5.1 times at the first step in the
-  corpus), as are groups that start all zero (no size to compare with) and LBFGS (one ``step()`` runs many iterations).
+  corpus), as are groups that start all zero (no size to compare with) and LBFGS (one
+  ``step()`` runs many iterations).
 
 Not judged: a group with lr=0 (frozen on purpose), and a learning rate that rises over
 the measured steps (a warmup, by a scheduler or by hand: the peak is not known yet). A
