@@ -89,6 +89,9 @@ class CheckResult:
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
     detail: str = ""
+    #: distinct warnings raised while it ran (``Category: first line``), e.g. by the
+    #: user's model as the check ran copies of it
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The check entry as in the JSON report."""
@@ -99,6 +102,8 @@ class CheckResult:
         }
         if self.detail:
             entry["detail"] = self.detail
+        if self.warnings:
+            entry["warnings"] = list(self.warnings)
         return entry
 
 

@@ -32,6 +32,7 @@ from torchdoctor.engine.target import (
     script_candidates,
 )
 from torchdoctor.engine.usersetup import describe_setup, script_setup
+from torchdoctor.engine.warned import collected_warnings, warning_notes
 from torchdoctor.errors import TargetError, UsageError
 from torchdoctor.findings import (
     TARGET_CHECK_ID,
@@ -72,6 +73,13 @@ def run_one_check(check: Check, ctx: CheckContext) -> CheckResult:
         return CheckResult(check.id, Outcome.SKIPPED, 0.0, [],
                            f"needs {wanted} mode; this target offers "
                            f"{' and '.join(sorted(ctx.modes)) or 'neither'}{why}")
+    with collected_warnings() as warned:
+        result = _run_isolated(check, ctx, started)
+    result.warnings = warned
+    return result
+
+
+def _run_isolated(check: Check, ctx: CheckContext, started: float) -> CheckResult:
     try:
         with preserved_state(ctx.options.seed) as leaked:
             findings = list(check.run(ctx) or [])
@@ -108,6 +116,8 @@ class Diagnosis:
         self._checks = {cls.id: cls() for cls in self._classes}
         self._context: CheckContext | None = None
         self._results: dict[str, CheckResult] = {}
+        #: warnings raised while preparing (probing the models), see engine/warned.py
+        self._preparing_warnings: list[str] = []
         self._run_findings: list[Finding] = []
         self._started = time.perf_counter()
         #: the script run of a file target (its output, its error), once prepared
@@ -127,7 +137,8 @@ class Diagnosis:
     def context(self) -> CheckContext:
         """The prepared context (runs the script on first call)."""
         if self._context is None:
-            self._context = self._prepare()
+            with collected_warnings() as self._preparing_warnings:
+                self._context = self._prepare()
         return self._context
 
     def run_check(self, check_id: str) -> CheckResult:
@@ -155,7 +166,8 @@ class Diagnosis:
             setups=_setup_names(ctx),
             device=self.options.device, seconds=time.perf_counter() - self._started,
             checks=results, run_findings=self.run_findings(),
-            notes=self.notes + (ctx.run.notes if ctx.run else []),
+            notes=self.notes + (ctx.run.notes if ctx.run else [])
+            + warning_notes(results, self._preparing_warnings),
             phases=phase_dicts(ctx.run),
             written=list(ctx.run.written) if ctx.run else [],
             written_more=ctx.run.written_more if ctx.run else 0)
