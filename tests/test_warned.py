@@ -40,8 +40,8 @@ def test_distinct_warnings_are_collected_and_filters_restored() -> None:
     filters_before = list(warnings.filters)
     with collected_warnings() as seen:
         for _ in range(3):
-            warnings.warn("first. more words", UserWarning)
-        warnings.warn("x" * 400, DeprecationWarning)
+            warnings.warn("first. more words", UserWarning, stacklevel=1)
+        warnings.warn("x" * 400, DeprecationWarning, stacklevel=1)
     assert seen[0] == "UserWarning: first"
     assert seen[1].startswith("DeprecationWarning: xxx") and len(seen) == 2
     assert warnings.filters == filters_before

@@ -137,14 +137,14 @@ def _header(report: Report, fmt: str, style: Style) -> str:
              f"{report.seconds:.1f}s")
     lines = [f"## {title}" if fmt == "markdown" else style.paint(title, "bold"),
              facts if fmt == "markdown" else _fill(facts, style.width, "", "  ")]
-    for name, setup in report.setups.items():
-        line = f"setup: {name}: {setup}" if len(report.setups) > 1 else f"setup: {setup}"
-        lines.append(line if fmt == "markdown" else _fill(line, style.width, "", "       "))
-    for line in [*phase_lines(report), *(f"note: {note}" for note in report.notes)]:
-        lines.append(line if fmt == "markdown" else _fill(line, style.width, "", "      "))
+    setups = [f"setup: {name}: {setup}" if len(report.setups) > 1 else f"setup: {setup}"
+              for name, setup in report.setups.items()]
     files = written_line(report)
-    if files:
-        lines.append(files if fmt == "markdown" else _fill(files, style.width, "", "       "))
+    for line in [*setups, *phase_lines(report), *(f"note: {note}" for note in report.notes),
+                 *([files] if files else [])]:
+        # continuation lines start under the text after the label ("phases: ", "note: ")
+        indent = " " * (line.index(": ") + 2)
+        lines.append(line if fmt == "markdown" else _fill(line, style.width, "", indent))
     return "\n".join(lines)
 
 
