@@ -58,6 +58,16 @@ def test_fixed_large_program_is_quiet(example_report: Callable[[str], Report]) -
     assert_ran_quiet(example_report("learning_rate_large_fixed"), CHECK)
 
 
+def test_updates_that_diverged_into_nan_are_left_to_nan_loss(
+        example_report: Callable[[str], Report]) -> None:
+    # SGD lr=1000: nan-loss reports the divergence with the learning rate as its cause;
+    # the same cause is not reported twice
+    report = example_report("nan_loss")
+    assert [f.severity for f in findings_of(report, "nan-loss")] == [Severity.ERROR]
+    assert "learning rate too high" in findings_of(report, "nan-loss")[0].message
+    assert_ran_quiet(report, CHECK)
+
+
 # ---------------------------------------------------------------- the rules, on records
 
 

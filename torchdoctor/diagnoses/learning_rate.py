@@ -72,9 +72,10 @@ LARGE_HINT = ("lower the learning rate (typically 1e-4 to 3e-3 for Adam/AdamW, 1
               "for SGD), or warm it up from a small value")
 
 
-def findings(records: list[UpdateRecord]) -> list[Finding]:
-    """One finding per param group whose updates are negligible or huge."""
-    found = [negligible_finding(r) or huge_finding(r) for r in records]
+def findings(records: list[UpdateRecord], *, huge: bool = True) -> list[Finding]:
+    """One finding per param group whose updates are negligible or (when ``huge``)
+    huge."""
+    found = [negligible_finding(r) or (huge_finding(r) if huge else None) for r in records]
     return [f for f in found if f is not None]
 
 

@@ -239,7 +239,8 @@ def _lr_text(ev: Evidence) -> str:
     return f"lr={ev.lr:g}{large}"
 
 
-def _diverges(ev: Evidence) -> bool:
+def diverges(ev: Evidence) -> bool:
+    """Whether the evidence points at divergence (the learning rate) as the cause."""
     if ev.steps_before < 1:
         return False
     return (ev.kind == "parameter" or loss_rose(ev.loss_history)
@@ -298,7 +299,7 @@ CAUSES: tuple[Cause, ...] = (
           "the forward under `torch.autocast(device_type, dtype=torch.float16)` with "
           "`torch.amp.GradScaler()`, or use bfloat16."),
     Cause("divergence", "learning rate too high (divergence)",
-          _diverges, _diverges_because,
+          diverges, _diverges_because,
           "Lower the learning rate (e.g. 10x) and clip gradients between backward() and "
           "step(): `torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)`."),
     Cause("log-or-div", "log of zero / division by zero",
