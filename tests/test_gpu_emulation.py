@@ -291,3 +291,35 @@ def test_gradients_handed_to_hooks_are_on_the_tensors_device(emulated: ScriptRun
     assert kept[0].is_cuda
     _ = kept[0] + torch.randn(3, device="cuda")
     assert emulated.device_mixes == []
+
+
+def test_data_parallel_runs_on_the_one_emulated_gpu(emulated: ScriptRun) -> None:
+    # pytorch/examples imagenet: `model = nn.DataParallel(model).cuda()` when CUDA is
+    # there; torch's scatter calls the CUDA driver, the emulation copies the inputs
+    loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))),
+                        batch_size=4)
+    model = nn.DataParallel(nn.Linear(4, 2)).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for inputs, labels in loader:
+        output = model(inputs)  # DataParallel moves the inputs itself
+        assert output.is_cuda
+        loss = nn.functional.cross_entropy(output, labels.cuda())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert emulated.device_mixes == []
+    for inputs, labels in loader:
+        nn.functional.cross_entropy(model(inputs), labels)  # labels never moved
+    [mix] = emulated.device_mixes
+    assert mix.origin == "loader" and mix.op == "cross_entropy"
+
+
+def test_model_mode_trains_the_module_a_data_parallel_wrapper_runs() -> None:
+    from torchdoctor.engine.target import script_candidates
+
+    inner = nn.Sequential(nn.Linear(4, 2))
+    wrapped = nn.DataParallel(inner)
+    [candidate] = script_candidates([copy.deepcopy(wrapped)], {"model": wrapped}, [wrapped],
+                                    "train.py")
+    assert candidate.name == "model"
+    assert isinstance(candidate.build(), nn.Sequential)

@@ -194,14 +194,26 @@ def script_candidates(snapshots: list[Any], namespace: dict[str, Any], models: l
     instance for testing, a copy) is the same architecture: model mode checks it once."""
     candidates = []
     architectures: set[tuple[Any, ...]] = set()
-    for index, (model, snapshot) in enumerate(zip(models, snapshots)):
+    for index, (built, snapshot) in enumerate(zip(models, snapshots)):
+        model = unwrapped(built)
         architecture = (type(model), *((n, tuple(p.shape)) for n, p in
                                        model.named_parameters()))
         if architecture in architectures:
             continue
         architectures.add(architecture)
-        name = next((k for k, v in namespace.items() if v is model and not k.startswith("_")),
+        name = next((k for k, v in namespace.items() if v is built and not k.startswith("_")),
                     type(model).__name__)
         candidates.append(ModelCandidate.from_instance(
-            name, f"{type(model).__name__} built by {where}", snapshot, observed=index))
+            name, f"{type(model).__name__} built by {where}", unwrapped(snapshot),
+            observed=index))
     return candidates
+
+
+def unwrapped(model: Any) -> Any:
+    """The module a ``DataParallel`` / ``DistributedDataParallel`` wrapper runs. Model
+    mode trains that on one device: the wrapper's copy still names the GPUs the script
+    saw (or emulated), and its scatter needs them."""
+    from torch import nn
+
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    return model.module if isinstance(model, wrappers) else model

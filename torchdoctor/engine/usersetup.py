@@ -129,6 +129,9 @@ def build_optimizer(spec: OptimizerSetup, model: nn.Module,
     import torch
 
     named = dict(model.named_parameters())
+    # a DataParallel-wrapped model's names start with "module."; model mode trains the
+    # wrapped module itself (engine.target.unwrapped)
+    named.update({f"module.{n}": p for n, p in list(named.items())})
     groups = [{**group.options, "params": [named[n] for n in group.params if n in named]}
               for group in spec.groups]
     optimizer = _optimizer_class(spec)([g for g in groups if g["params"]],

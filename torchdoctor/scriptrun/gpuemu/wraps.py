@@ -1,8 +1,8 @@
 """Replacements that keep the emulated device where torch's Python code makes tensors
 the function mode does not see: ``nn.Parameter(t)`` (``_make_subclass``), ``torch.load``
 (``map_location="cuda"``), gradients handed to ``register_hook`` callbacks by autograd,
-and DataLoader batches (their origin, for the finding; ``pin_memory=True`` pins nothing
-without a real GPU)."""
+DataLoader batches (their origin, for the finding; ``pin_memory=True`` pins nothing
+without a real GPU), and ``nn.DataParallel`` (its scatter is CUDA code)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader
 
 from torchdoctor.scriptrun.callsite import user_callsite
@@ -29,6 +30,19 @@ def install_wraps(patches: PatchSet, table: DeviceTable) -> None:
     patches.patch(torch, "load", _wrap_load(torch.load, table))
     patches.patch(torch, "from_numpy", _wrap_from_numpy(torch.from_numpy, table))
     patches.patch(DataLoader, "__iter__", _wrap_iter(DataLoader.__iter__, table))
+    patches.patch(nn.DataParallel, "forward", _data_parallel_forward)
+
+
+def _data_parallel_forward(self: nn.DataParallel, *inputs: Any, **kwargs: Any) -> Any:
+    """``nn.DataParallel`` on the one emulated GPU: what torch does for one device (copy
+    the inputs to it, run the module), without its scatter, which calls the CUDA driver.
+    (pytorch/examples imagenet wraps every model in DataParallel when CUDA is there.)"""
+    if self.device_ids:
+        device = torch.device("cuda", self.device_ids[0])
+        # under the function mode, .to() makes the emulated-GPU copies scatter would make
+        inputs, kwargs = tree_map(
+            lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, (inputs, kwargs))
+    return self.module(*inputs, **kwargs)
 
 
 def _wrap_new(cls: type, table: DeviceTable) -> Callable[..., Any]:
