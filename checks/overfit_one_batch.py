@@ -194,7 +194,7 @@ class _Verdict:
         blew_up = overfit.diverged(self.name, fit, self._optimizer()) is not None
         if self.script_setup and ((blew_up and self.diverged_in_script) or
                                   (a.not_in_optimizer and self.unoptimized_in_script) or
-                                  (fit.stuck and self.lr_in_script)):
+                                  (fit.flat and self.lr_in_script)):
             return []  # the script's own steps showed that cause: its check reports it
         if self.script_setup and not fit.stuck and not blew_up:
             return [self._partly()] if not a.cut and a.final is None else []
@@ -300,10 +300,16 @@ class _Verdict:
         """The script's setup lowers the loss of one batch without reaching the target."""
         assert self.fit is not None
         slow = self.fit.still_falling
+        if self.fit.flat:  # only a run cut by the time budget gets here flat
+            return self.check.info(
+                f"{self.name}: the loss did not move in the {len(self.fit.losses)} steps "
+                f"with your setup that fit the time budget ({self.outcome}, "
+                f"{self.script_setup}); not judged", location=self.origin or self.name,
+                hint="")
         return self.check.info(
             f"{self.name} fits one batch {'slowly' if slow else 'only partly'} with your "
             f"setup ({self.outcome}, {self.script_setup}); not judged an error: the loss "
-            "decreases", location=self.origin or f"{self.name}: <model>",
+            "decreases", location=self.origin or self.name,
             hint="" if not slow else overfit.SLOW_HINT)
 
     def _with_setup(self) -> str:

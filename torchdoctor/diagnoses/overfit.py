@@ -89,10 +89,17 @@ class Fit:
         """Whether the loss did not decrease at all: the mean of the last steps is within
         :data:`STUCK_SHARE` of the mean of the first ones (or higher). Only judged on a
         full run (not one cut short by the time budget)."""
+        return len(self.losses) >= 20 and not self.out_of_time and self.flat
+
+    @property
+    def flat(self) -> bool:
+        """Whether the loss did not decrease in the steps that ran, as :attr:`stuck`
+        measures it, but also on a run cut short by the time budget (where it says less:
+        a slow model may not have had the steps to move)."""
         n = len(self.losses)
         k = max(1, min(10, n // 4))
         first, last = sum(self.losses[:k]) / k, sum(self.losses[-k:]) / k
-        return n >= 20 and not self.out_of_time and first - last < STUCK_SHARE * abs(first)
+        return n >= 2 and first - last < STUCK_SHARE * abs(first)
 
     def describe(self, batch_size: int | None = None) -> str:
         """``loss 2.31 -> 1.42 in 200 steps on one batch of 64``."""
