@@ -187,3 +187,17 @@ def test_synthetic_reference_is_a_report_note_only_when_a_model_trained_on_it(
     assert mlp.data == "synthetic" and mlp.notes.count(SYNTHETIC_REFERENCE_NOTE) == 1
     assert "inferred" in tabular.data and SYNTHETIC_REFERENCE_NOTE not in tabular.notes
     assert "no usable FashionMNIST" not in capsys.readouterr().err  # no stray notice
+
+
+def test_a_script_that_crashed_before_any_model_ran_is_not_said_to_train_tensors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pytorch/examples fast_neural_style offline: the model is built, then a pretrained
+    # download fails before any forward
+    path = tmp_path / "train.py"
+    path.write_text("import torch\n\ndef main():\n    net = torch.nn.Linear(2, 2)\n"
+                    "    raise OSError('cannot download the pretrained weights')\n\nmain()\n")
+    monkeypatch.chdir(tmp_path)
+    report = diagnose(str(path), select=["overfit-one-batch"])
+    (result,) = report.checks
+    assert result.outcome is Outcome.SKIPPED
+    assert result.detail.startswith("the script crashed before any model ran")

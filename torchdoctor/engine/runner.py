@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import re
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
-from torchdoctor.check import Check, SkipCheck
+from torchdoctor.check import Check
 from torchdoctor.diagnoses.no_gpu import (
     asked_for_missing_cuda,
     no_gpu_finding,
 )
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
+from torchdoctor.engine.onecheck import run_one_check
 from torchdoctor.engine.setup import hook_candidates, training_setup, user_training_setup
 from torchdoctor.engine.state import preserved_state
 from torchdoctor.engine.target import (
@@ -38,10 +38,8 @@ from torchdoctor.findings import (
     TARGET_CHECK_ID,
     CheckResult,
     Finding,
-    Outcome,
     Report,
     Severity,
-    outcome_for,
 )
 from torchdoctor.plugins import collect_checks, make_plugin_manager, register_user_module
 from torchdoctor.scriptrun.observations import RunStatus, ScriptRun
@@ -57,43 +55,6 @@ def select_checks(classes: Sequence[type[Check]], select: Sequence[str] | None,
             raise UsageError(f"unknown check id {check_id!r}; known: {', '.join(known)}")
     chosen = [c for c in classes if not select or c.id in select]
     return [c for c in chosen if c.id not in (ignore or [])]
-
-
-def run_one_check(check: Check, ctx: CheckContext) -> CheckResult:
-    """Run one check in isolation: state restored, exceptions become ``crashed``."""
-    started = time.perf_counter()
-    if not (check.modes & ctx.modes) and ctx.run is not None and not ctx.models \
-            and not ctx.model_skip:
-        return CheckResult(check.id, Outcome.SKIPPED, 0.0, [],
-                           "no nn.Module: the script trains tensors directly, and this "
-                           "check trains copies of a model")
-    if not (check.modes & ctx.modes):
-        wanted = " or ".join(sorted(check.modes))
-        why = f": {ctx.model_skip}" if ctx.model_skip and "model" in check.modes else ""
-        return CheckResult(check.id, Outcome.SKIPPED, 0.0, [],
-                           f"needs {wanted} mode; this target offers "
-                           f"{' and '.join(sorted(ctx.modes)) or 'neither'}{why}")
-    with collected_warnings() as warned:
-        result = _run_isolated(check, ctx, started)
-    result.warnings = warned
-    return result
-
-
-def _run_isolated(check: Check, ctx: CheckContext, started: float) -> CheckResult:
-    try:
-        with preserved_state(ctx.options.seed) as leaked:
-            findings = list(check.run(ctx) or [])
-    except SkipCheck as exc:
-        return CheckResult(check.id, Outcome.SKIPPED, time.perf_counter() - started, [],
-                           str(exc))
-    except Exception:  # any check's failure, ours or a plugin's, is reported: crashed
-        return CheckResult(check.id, Outcome.CRASHED, time.perf_counter() - started, [],
-                           traceback.format_exc())
-    seconds = time.perf_counter() - started
-    if leaked:
-        return CheckResult(check.id, Outcome.CRASHED, seconds, findings,
-                           f"left global hooks installed: {', '.join(leaked)}")
-    return CheckResult(check.id, outcome_for(findings), seconds, findings)
 
 
 class Diagnosis:
