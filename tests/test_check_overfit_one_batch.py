@@ -19,7 +19,7 @@ from torchdoctor.check import SkipCheck
 from torchdoctor.checks.overfit_one_batch import OverfitOneBatchCheck, examine
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate
 from torchdoctor.engine.runner import diagnose, diagnose_model
-from torchdoctor.findings import Finding, Report, Severity
+from torchdoctor.findings import Finding, Outcome, Report, Severity
 from torchdoctor.reference.trainer import FashionMNISTClassifier
 
 CHECK = "overfit-one-batch"
@@ -213,3 +213,14 @@ def test_optimizer_hook_of_a_file(tmp_path: Path, optimizer: str,
     else:
         assert [f.severity for f in found] == [Severity.ERROR]
         assert expected in found[0].message
+
+
+def test_a_guessed_task_fitted_slowly_is_not_a_warning(tmp_path: Path) -> None:
+    # a tiny model on an inferred regression task fits slowly at the reference Adam 1e-3:
+    # that says little about the model (it used to be a warning recommending Adam 1e-3)
+    path = tmp_path / "tiny.py"
+    path.write_text("import torch\nnet = torch.nn.Linear(2, 2)\n")
+    report = diagnose(f"{path}::net", select=["overfit-one-batch"])
+    (result,) = report.checks
+    assert result.outcome is Outcome.PASSED, result.findings
+    assert [f.severity for f in result.findings] in ([], [Severity.INFO])
