@@ -80,7 +80,7 @@ def test_a_division_by_zero_after_capped_passes_is_a_warning_naming_the_caps(
     assert finding.severity is Severity.WARNING
     assert "ZeroDivisionError" in finding.message and "capped" in finding.message
     assert "test" in finding.message  # the capped phase is named
-    assert "--limit-batches" in finding.hint
+    assert f"torchdoctor check {path} --limit-batches N" in finding.hint
     assert finding.location == f"{path}:{_division_line(path)}"  # the traceback's line
     assert report.errors == [] and report.exit_code is ExitCode.OK
 

@@ -64,8 +64,8 @@ def crash_finding(run: ScriptRun) -> Finding:
         "met); the checks saw only what ran before",
         where,
         "to confirm, run the script itself with python, or give it whole passes with "
-        "`torchdoctor check FILE --limit-batches N` (N at least the batches of one pass); "
-        "if it still raises, the error is in the script")
+        f"`torchdoctor check {run.path} --limit-batches N` (N at least the batches of one "
+        "pass); if it still raises, the error is in the script")
 
 
 __all__ = ["CAP_SENSITIVE", "capped_phases", "caps_may_have_caused", "crash_finding"]
