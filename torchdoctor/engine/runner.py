@@ -19,6 +19,7 @@ from torchdoctor.diagnoses.no_gpu import (
     asked_for_missing_cuda,
     no_gpu_finding,
 )
+from torchdoctor.diagnoses.script_crash import crash_finding
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
 from torchdoctor.engine.onecheck import run_one_check
 from torchdoctor.engine.setup import hook_candidates, training_setup, user_training_setup
@@ -305,12 +306,7 @@ def _run_findings(run: ScriptRun | None, findings: list[Finding]) -> list[Findin
         assert run.error is not None
         found.append(no_gpu_finding(run.error, run.path))
     elif run.error is not None and not any(f.explains_crash for f in findings):
-        found.append(Finding(
-            TARGET_CHECK_ID, Severity.ERROR,
-            f"the script raised {run.error.type_name}: {run.error.message.splitlines()[0]}",
-            str(run.error.location or run.path),
-            "no check recognised this error; run the file with python to see the full "
-            "traceback (or torchdoctor check --verbose)"))
+        found.append(crash_finding(run))
     if run.status is RunStatus.TIMEOUT:
         found.append(Finding(TARGET_CHECK_ID, Severity.WARNING,
                              "the script did not finish within --timeout; checks saw only "

@@ -165,10 +165,13 @@ def _accepted(spec: OptimizerSetup, options: dict[str, Any]) -> dict[str, Any]:
 def _too_slow(candidate: ModelCandidate, setup: TrainingSetup, options: CheckOptions) -> str:
     """Why copies of the model cannot be trained within the time budget, or ""."""
 
-    from torchdoctor.synth.resolve import MAX_CPU_PARAMETERS
+    from torchdoctor.synth.resolve import MAX_CPU_PARAMETERS, ON_META, on_meta
     from torchdoctor.tensors import one_cpu_thread
 
-    model = candidate.build().to(options.device)
+    model = candidate.build()
+    if on_meta(model):
+        return ON_META
+    model = model.to(options.device)
     count = sum(p.numel() for p in model.parameters())
     if options.device.startswith("cpu") and count > MAX_CPU_PARAMETERS:
         return f"too large to train copies on the CPU ({count / 1e6:.0f}M parameters)"

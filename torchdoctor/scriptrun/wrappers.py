@@ -123,7 +123,7 @@ def wrap_functional_loss(name: str, original: Wrapper, link: RunLink[RunObserver
     @functools.wraps(original)
     def observed_loss(*args: Any, **kwargs: Any) -> Any:
         run = link.get()
-        if run is None or running[0]:
+        if run is None or running[0] or under_functorch():
             return original(*args, **kwargs)
         inside_module = run.inside_module
         running[0] += 1
@@ -171,13 +171,23 @@ def note_checkpoint(run: CheckpointObserver, kind: str, caller: types.FrameType)
         run.checkpoint_call(kind, location_of(caller))
 
 
+def under_functorch() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``...) is running.
+
+    Its tensors are functorch wrappers with no storage of their own: a snapshot or a
+    summary of them raises ("Cannot access storage of BatchedTensorImpl"), and the
+    module it runs holds them in place of its parameters (``functional_call``). The
+    recorders leave such calls alone, so the program runs as it does with python."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
 def routed(method: str, link: RunLink[Any]) -> Callable[..., None]:
     """A global hook for torch's registries that calls ``run.<method>`` while the run
     is active and does nothing after."""
 
     def hook(*args: Any) -> None:
         run = link.get()
-        if run is not None:
+        if run is not None and not under_functorch():
             getattr(run, method)(*args)
 
     hook.__qualname__ = hook.__name__ = f"torchdoctor_{method}"

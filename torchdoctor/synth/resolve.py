@@ -74,7 +74,10 @@ def choose_setup(candidate: ModelCandidate, base: TrainingSetup,
         return Choice(base)  # the user's own batch or loss: theirs, never second-guessed
     if candidate.parameters is not None and _too_large(candidate.parameters, options):
         return Choice(None, f"{candidate.name} {_too_large(candidate.parameters, options)}")
-    model = set_training(candidate.build().to(options.device))  # not a train() override
+    built = candidate.build()
+    if on_meta(built):
+        return Choice(None, f"{candidate.name} {ON_META}")
+    model = set_training(built.to(options.device))  # not a train() override
     too_large = _too_large(sum(p.numel() for p in model.parameters()), options)
     if too_large:
         return Choice(None, f"{candidate.name} {too_large}")
@@ -108,6 +111,16 @@ def _flat_images(model: nn.Module) -> bool:
     first = next((m for m in model.modules() if isinstance(m, nn.Linear)
                   or isinstance(m, nn.modules.conv._ConvNd)), None)
     return isinstance(first, nn.Linear) and first.in_features == REFERENCE_FEATURES
+
+
+#: why a model whose parameters are on the ``meta`` device is left out of model mode
+ON_META = "has its parameters on the meta device (shapes, no data): nothing to train"
+
+
+def on_meta(model: nn.Module) -> bool:
+    """Whether some parameter or buffer of ``model`` is on the ``meta`` device (a copy
+    cannot be moved to a device, let alone trained: "Cannot copy out of meta tensor")."""
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
 
 
 def _too_large(count: int, options: CheckOptions) -> str:
