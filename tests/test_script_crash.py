@@ -122,3 +122,14 @@ def test_an_exception_no_cap_causes_stays_an_error_after_a_capped_pass() -> None
     finding = crash_finding(_run("RuntimeError", capped=True))
     assert finding.severity is Severity.ERROR and finding.location == "train.py:12"
     assert finding.message == "the script raised RuntimeError: 3"
+
+
+def test_a_tensor_index_error_stays_an_error_after_a_capped_pass() -> None:
+    # torch's own IndexError is about shapes (a real bug), not about how many batches ran
+    run = _run("IndexError", capped=True)
+    run.error = ErrorRecord("IndexError", "index 10 is out of bounds for dimension 0 with "
+                            "size 10", CodeLocation("train.py", 12))
+    assert crash_finding(run).severity is Severity.ERROR
+    run.error = ErrorRecord("IndexError", "Dimension out of range (expected to be in range "
+                            "of [-1, 0], but got 1)", CodeLocation("train.py", 12))
+    assert crash_finding(run).severity is Severity.ERROR

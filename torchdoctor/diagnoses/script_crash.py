@@ -44,7 +44,14 @@ def caps_may_have_caused(run: ScriptRun) -> bool:
     DataLoader pass before it was capped."""
     error = run.error
     return (error is not None and error.type_name in CAP_SENSITIVE
-            and any(p.capped for p in run.passes))
+            and not _raised_by_torch(error) and any(p.capped for p in run.passes))
+
+
+def _raised_by_torch(error: ErrorRecord) -> bool:
+    """An IndexError torch raised ("index 10 is out of bounds for dimension 0", "Dimension
+    out of range") is about tensor shapes, not about how many batches a pass had."""
+    message = error.message.lower()
+    return "dimension" in message or "out of bounds" in message
 
 
 def crash_finding(run: ScriptRun) -> Finding:
