@@ -267,3 +267,30 @@ def test_sparse_tensors_in_forward_run_and_are_not_computed_on(write_program,
     crashed = [f"{r.id}: {r.detail}" for r in report.checks if r.outcome is Outcome.CRASHED]
     assert crashed == [] and _errors(report) == []
     assert _outcome(report, "params-not-updating") is Outcome.PASSED
+
+
+#: word-embedding models (word2vec, DLRM): nn.Embedding(sparse=True) gives sparse gradients
+SPARSE_GRADIENTS = """
+import torch, torch.nn as nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.EmbeddingBag(100, 16, sparse=True), nn.Linear(16, 4))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+idx, y = torch.randint(0, 100, (50, 6)), torch.randint(0, 4, (50,))
+for _ in range(10):
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(idx), y)
+    loss.backward()
+    optimizer.step()
+"""
+
+
+@pytest.mark.slow
+def test_sparse_gradients_are_checked_not_crashed_on(write_program) -> None:
+    report = diagnose(str(write_program(SPARSE_GRADIENTS)))
+    crashed = [f"{r.id}: {r.detail}" for r in report.checks if r.outcome is Outcome.CRASHED]
+    assert crashed == [] and _errors(report) == []
+    assert _outcome(report, "missing-zero-grad") is Outcome.PASSED
+    buggy = SPARSE_GRADIENTS.replace("    optimizer.zero_grad()\n", "")
+    report = diagnose(str(write_program(buggy)), select=["missing-zero-grad"])
+    assert report.checks[0].outcome is Outcome.FAILED, report.checks[0].detail
+    assert _errors(report) == ["missing-zero-grad"]

@@ -32,6 +32,21 @@ def deepcopy_module(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def stored_values(tensor: torch.Tensor) -> torch.Tensor:
+    """The values ``tensor`` holds, as a strided tensor that zero and finiteness tests
+    can run on: itself, the specified values of a sparse tensor (comparisons and
+    ``isfinite`` have no sparse kernels: "aten::ne.Scalar ... SparseCPU"; a sparse
+    gradient of ``nn.Embedding(sparse=True)``), or a dense copy of an mkldnn one."""
+    if tensor.layout == torch.strided:
+        return tensor
+    if tensor.layout == torch.sparse_coo:  # coalesced: duplicate indices summed
+        return tensor.coalesce().values()
+    if tensor.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr,
+                         torch.sparse_bsc):
+        return tensor.values()
+    return tensor.to_dense()
+
+
 def copy_value(value: Any) -> Any:
     """``copy.deepcopy`` of a batch that also copies sparse CSR/CSC tensors (torch's
     deepcopy raises "Cannot access storage of SparseCsrTensorImpl"): non-strided
