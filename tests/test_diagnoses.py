@@ -38,6 +38,18 @@ def test_all_finite_walks_nested_values_and_confirms_an_overflowing_norm() -> No
     assert nonfinite.first_nonfinite({"a": [torch.ones(2), bad]}) is bad
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sparse_tensors_are_tested_on_their_stored_values() -> None:
+    # isfinite and ne have no sparse kernels: a sparse gradient (nn.Embedding(sparse=True))
+    # is judged by the values it stores
+    dense = torch.tensor([[0.0, 2.0], [float("nan"), 0.0]])
+    for layout in ("to_sparse", "to_sparse_csr"):
+        bad, good = getattr(dense, layout)(), getattr(dense.nan_to_num(), layout)()
+        assert not nonfinite.all_finite([good, bad])
+        assert nonfinite.first_nonfinite([good, bad]) is bad
+        assert nonfinite.all_finite(good) and nonfinite.first_nonfinite(good) is None
+
+
 def test_assert_finite_uses_the_nan_loss_id() -> None:
     with pytest.raises(TorchDoctorAssertionError) as info:
         assert_finite(torch.tensor([float("nan")]))

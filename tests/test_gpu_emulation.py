@@ -8,6 +8,7 @@ import copy
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -120,6 +121,53 @@ def test_two_emulated_gpus_and_numpy_are_recorded(emulated: ScriptRun) -> None:
     _ = a.cpu().numpy()  # the fix: no record
     _ = a.numpy(force=True)  # copies to the host first: no record
     assert _origins(emulated) == ["device", "numpy"]
+
+
+class _TwoGpus(nn.Module):
+    """pytorch/tutorials model_parallel_tutorial: one half of the model per GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net1 = nn.Linear(10, 10).to("cuda:0")
+        self.net2 = nn.Linear(10, 5).to("cuda:1")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net2(torch.relu(self.net1(x.to("cuda:0"))).to("cuda:1"))
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+    lambda p: torch.optim.Adam(p, lr=0.01),
+    lambda p: torch.optim.AdamW(p, lr=0.01, foreach=True),
+    lambda p: torch.optim.Adam(p, lr=0.01, fused=True),
+], ids=["sgd-momentum", "adam", "adamw-foreach", "adam-fused"])
+def test_a_foreach_optimizer_over_two_gpus_mixes_nothing(emulated: ScriptRun,
+                                                         make_optimizer: Any) -> None:
+    # torch groups foreach ops by device; under emulation every tensor is on the CPU, so
+    # one group holds both GPUs' parameters and only each index is on one device
+    model = _TwoGpus()
+    optimizer = make_optimizer(model.parameters())
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(torch.randn(20, 10)),
+                               torch.randn(20, 5, device="cuda:1")).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    assert emulated.device_mixes == []
+    assert {p.device for p in model.net1.parameters()} == {torch.device("cuda", 0)}
+    assert {p.device for p in model.net2.parameters()} == {torch.device("cuda", 1)}
+    assert all(p.grad is not None and p.grad.device == p.device for p in model.parameters())
+
+
+def test_foreach_ops_are_checked_and_tagged_per_index(emulated: ScriptRun) -> None:
+    a, b = torch.ones(2, device="cuda:0"), torch.ones(3, device="cuda:1")
+    sums = torch._foreach_add([a, b], [torch.ones(2, device="cuda:0"), b])
+    assert [t.device.index for t in sums] == [0, 1] and emulated.device_mixes == []
+    torch._foreach_add_([a, b], [a.new_ones(2), torch.ones(3, device="cuda:0")])
+    assert (a.device.index, b.device.index) == (0, 1)  # in place: the tags stay
+    [mix] = emulated.device_mixes  # index 1 mixes cuda:1 with cuda:0: a real mix
+    assert mix.origin == "device" and mix.op == "_foreach_add_"
+    assert "(3,) on cuda:1" in mix.gpu and "(3,) on cuda:0" in mix.other
 
 
 def test_a_cpu_copy_used_with_gpu_tensors_is_recorded(emulated: ScriptRun) -> None:

@@ -12,12 +12,14 @@ from torch import nn
 from torchdoctor.diagnoses.gradcarry import GradCarryDetector
 from torchdoctor.diagnoses.manualgrad import ManualUpdateDetector
 from torchdoctor.diagnoses.sampling import RandomCalls
+from torchdoctor.engine.context import CheckOptions
 from torchdoctor.engine.runner import diagnose
 from torchdoctor.errors import TargetError
 from torchdoctor.findings import Outcome, Report, Severity
 from torchdoctor.scriptrun.bypass import CompileBypass
 from torchdoctor.scriptrun.datasets import OfflineDatasets
-from torchdoctor.scriptrun.observations import ScriptRun
+from torchdoctor.scriptrun.observations import RunStatus, ScriptRun
+from torchdoctor.scriptrun.script import run_script
 
 MANUAL_LOOP = """
 import torch
@@ -226,3 +228,69 @@ def test_one_stray_tensor_used_at_many_places_is_one_finding() -> None:
     findings = report.checks[0].findings
     assert len(findings) == 1, [f.message for f in findings]
     assert "also used at" in findings[0].message
+
+
+#: pytorch/examples gcn's shape: a sparse adjacency (COO, or CSR as torch.sparse suggests)
+#: multiplied in forward, sparse features as input; torch's statistics ops have no sparse
+#: kernels ("aten::ne.Scalar on SparseCPU"), so torchdoctor must not compute on them
+SPARSE_GCN = """
+import torch, torch.nn as nn
+torch.manual_seed(0)
+class GCN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(20, 4) * 0.1)
+    def forward(self, x, adj):
+        return torch.sparse.mm(adj, torch.sparse.mm(x, self.w))
+x = (torch.rand(50, 20) < 0.2).float().to_sparse()
+adj = (torch.eye(50) + (torch.rand(50, 50) < 0.05).float()).LAYOUT
+y = torch.randint(0, 4, (50,))
+model = GCN()
+optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+for _ in range(10):
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(x, adj), y)
+    loss.backward()
+    optimizer.step()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["to_sparse()", "to_sparse_csr()"])
+def test_sparse_tensors_in_forward_run_and_are_not_computed_on(write_program,
+                                                               layout: str) -> None:
+    path = write_program(SPARSE_GCN.replace("LAYOUT", layout))
+    run = run_script(path, CheckOptions()).run
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert [s.shape for s in run.forwards[0].inputs] == [(50, 20), (50, 50)]
+    report = diagnose(str(path))
+    crashed = [f"{r.id}: {r.detail}" for r in report.checks if r.outcome is Outcome.CRASHED]
+    assert crashed == [] and _errors(report) == []
+    assert _outcome(report, "params-not-updating") is Outcome.PASSED
+
+
+#: word-embedding models (word2vec, DLRM): nn.Embedding(sparse=True) gives sparse gradients
+SPARSE_GRADIENTS = """
+import torch, torch.nn as nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.EmbeddingBag(100, 16, sparse=True), nn.Linear(16, 4))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+idx, y = torch.randint(0, 100, (50, 6)), torch.randint(0, 4, (50,))
+for _ in range(10):
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(idx), y)
+    loss.backward()
+    optimizer.step()
+"""
+
+
+@pytest.mark.slow
+def test_sparse_gradients_are_checked_not_crashed_on(write_program) -> None:
+    report = diagnose(str(write_program(SPARSE_GRADIENTS)))
+    crashed = [f"{r.id}: {r.detail}" for r in report.checks if r.outcome is Outcome.CRASHED]
+    assert crashed == [] and _errors(report) == []
+    assert _outcome(report, "missing-zero-grad") is Outcome.PASSED
+    buggy = SPARSE_GRADIENTS.replace("    optimizer.zero_grad()\n", "")
+    report = diagnose(str(write_program(buggy)), select=["missing-zero-grad"])
+    assert report.checks[0].outcome is Outcome.FAILED, report.checks[0].detail
+    assert _errors(report) == ["missing-zero-grad"]

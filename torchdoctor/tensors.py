@@ -32,6 +32,30 @@ def deepcopy_module(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def stored_values(tensor: torch.Tensor) -> torch.Tensor:
+    """The values ``tensor`` holds, as a strided tensor that zero and finiteness tests
+    can run on: itself, the specified values of a sparse tensor (comparisons and
+    ``isfinite`` have no sparse kernels: "aten::ne.Scalar ... SparseCPU"; a sparse
+    gradient of ``nn.Embedding(sparse=True)``), or a dense copy of an mkldnn one."""
+    if tensor.layout == torch.strided:
+        return tensor
+    if tensor.layout == torch.sparse_coo:  # coalesced: duplicate indices summed
+        return tensor.coalesce().values()
+    if tensor.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr,
+                         torch.sparse_bsc):
+        return tensor.values()
+    return tensor.to_dense()
+
+
+def copy_value(value: Any) -> Any:
+    """``copy.deepcopy`` of a batch that also copies sparse CSR/CSC tensors (torch's
+    deepcopy raises "Cannot access storage of SparseCsrTensorImpl"): non-strided
+    tensors are cloned instead (detached, as deepcopy copies a leaf)."""
+    memo = {id(t): t.detach().clone().requires_grad_(t.requires_grad)
+            for t in iter_tensors(value) if t.layout != torch.strided}
+    return copy.deepcopy(value, memo)
+
+
 def forward(model: torch.nn.Module, inputs: Any) -> Any:
     """``model(*inputs)`` for a tuple of inputs, else ``model(inputs)`` (the one way every
     part of torchdoctor calls a model on a batch's inputs)."""
@@ -84,8 +108,8 @@ def summarize(tensor: torch.Tensor) -> TensorSummary:
     shape = tuple(int(s) for s in tensor.shape)
     base: dict[str, Any] = {"shape": shape, "dtype": str(tensor.dtype),
                             "device": str(tensor.device)}
-    if tensor.device.type == "meta" or tensor.numel() == 0:
-        return TensorSummary(**base)
+    if tensor.device.type == "meta" or tensor.layout != torch.strided or tensor.numel() == 0:
+        return TensorSummary(**base)  # sparse/mkldnn: most statistics ops have no kernel
     if tensor.dtype == torch.bool or tensor.is_complex():
         return TensorSummary(**base)
     if not tensor.is_floating_point():

@@ -13,7 +13,6 @@ functional dropout without ``training=`` in that code is pointed at by line.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from torchdoctor.findings import Finding, Severity
 from torchdoctor.hooks import module_info
 from torchdoctor.reference.trainer import forward
 from torchdoctor.scriptrun.observations import CodeLocation
-from torchdoctor.tensors import iter_tensors, set_training
+from torchdoctor.tensors import copy_value, iter_tensors, set_training
 
 #: a functional dropout call: F.dropout(, torch.nn.functional.dropout2d(, torch.dropout(
 _FUNCTIONAL_DROPOUT = re.compile(
@@ -107,7 +106,7 @@ def _cuda_devices(model: nn.Module) -> list[int]:
 def _run(model: nn.Module, example: Any) -> Any:
     """One forward on a fresh copy of ``example`` (a model that edits its input in
     place must not change the second run's)."""
-    return forward(model, copy.deepcopy(example))
+    return forward(model, copy_value(example))
 
 
 def _clone_all(value: Any) -> list[torch.Tensor]:

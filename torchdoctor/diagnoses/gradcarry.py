@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from torchdoctor.scriptrun.observations import CarriedGradRecord, CodeLocation
+from torchdoctor.tensors import stored_values
 
 
 @dataclass
@@ -148,7 +149,7 @@ class GradCarryDetector:
             if param.grad is None:
                 return
             if self.sync:
-                if bool(param.grad.ne(0).any()):
+                if bool(stored_values(param.grad).ne(0).any()):
                     self._suspect_or_record(param)
             else:
                 self._flag_on_device(param)
@@ -166,7 +167,7 @@ class GradCarryDetector:
     def _flag_on_device(self, param: torch.Tensor) -> None:
         assert param.grad is not None
         owner = self._optimizers[self._owner[id(param)]]
-        carried = param.grad.ne(0).any()
+        carried = stored_values(param.grad).ne(0).any()
         entry = self._flags.get(id(param))
         if entry is not None:  # keep the earliest step a carry followed
             self._flags[id(param)] = (param, entry[1] | carried, entry[2])

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from torchdoctor.scriptrun.observations import CarriedGradRecord, CodeLocation
+from torchdoctor.tensors import stored_values
 
 
 class ManualUpdateDetector:
@@ -78,7 +79,7 @@ class ManualUpdateDetector:
         if seen is None or seen[0] is not leaf or leaf.grad is None:
             return False
         updated = leaf._version != seen[1] or not torch.equal(_fingerprint(leaf), seen[2])
-        return updated and bool(leaf.grad.ne(0).any())
+        return updated and bool(stored_values(leaf.grad).ne(0).any())
 
 
 def _fingerprint(tensor: torch.Tensor) -> torch.Tensor:

@@ -69,10 +69,12 @@ class NonFiniteHit:
 # -- the finiteness test -------------------------------------------------------------------
 
 def _floats(value: Any) -> list[torch.Tensor]:
-    from torchdoctor.tensors import iter_tensors
+    """The floating tensors of ``value`` that hold values (sparse ones as their stored
+    values: the tests below have no sparse kernels)."""
+    from torchdoctor.tensors import iter_tensors, stored_values
 
-    return [t for t in iter_tensors(value) if t.is_floating_point() and t.numel()
-            and t.device.type != "meta"]
+    return [stored_values(t) for t in iter_tensors(value) if t.is_floating_point()
+            and t.numel() and t.device.type != "meta"]
 
 
 def all_finite(value: Any) -> bool:
@@ -99,8 +101,13 @@ def first_nonfinite(value: Any) -> torch.Tensor | None:
     """The first floating tensor in a nested value holding NaN/inf, or None."""
     import torch
 
-    return next((t for t in _floats(value) if not bool(torch.isfinite(t.detach()).all())),
-                None)
+    from torchdoctor.tensors import iter_tensors
+
+    for tensor in iter_tensors(value):
+        stored = _floats(tensor)
+        if stored and not bool(torch.isfinite(stored[0].detach()).all()):
+            return tensor
+    return None
 
 
 # -- the words of the localised findings (replays, hooks) --------------------------------------

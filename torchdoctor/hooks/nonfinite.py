@@ -20,7 +20,7 @@ from torchdoctor.diagnoses.nonfinite import (
 from torchdoctor.errors import NonFiniteError
 from torchdoctor.findings import Finding
 from torchdoctor.hooks.base import HookSet, module_info
-from torchdoctor.tensors import summarize
+from torchdoctor.tensors import stored_values, summarize
 
 
 class NonFiniteTracer(HookSet):
@@ -108,7 +108,8 @@ class NonFiniteTracer(HookSet):
         info = module_info(owner_name, owner)
 
         def hook(grad: torch.Tensor) -> None:
-            if self.first_gradient is None and not bool(torch.isfinite(grad).all()):
+            if self.first_gradient is None and \
+                    not bool(torch.isfinite(stored_values(grad)).all()):
                 value_finite = bool(torch.isfinite(param.detach()).all())
                 self.first_gradient = NonFiniteHit(name, info, value_finite, summarize(grad))
         return hook

@@ -15,6 +15,7 @@ from torchdoctor.scriptrun.callsite import user_callsite
 from torchdoctor.scriptrun.forwards import ForwardRecorder
 from torchdoctor.scriptrun.observations import NonFiniteRecord, ScriptRun
 from torchdoctor.scriptrun.progress import RunProgress
+from torchdoctor.tensors import stored_values
 
 
 class NonFiniteWatch:
@@ -38,7 +39,7 @@ class NonFiniteWatch:
         for model in models:
             for param in model.parameters():
                 tensor = read(param)
-                if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                if tensor is not None and not bool(torch.isfinite(stored_values(tensor)).all()):
                     names.append(self.forwards.param_name(param))
         return names
 

@@ -22,6 +22,7 @@ from torchdoctor.scriptrun.observations import (
     StepRecord,
 )
 from torchdoctor.scriptrun.progress import RunProgress, bookkeeping
+from torchdoctor.tensors import stored_values
 
 
 class TrainingRecorder:
@@ -128,7 +129,7 @@ class TrainingRecorder:
             for param in model.parameters():
                 grad = param.grad
                 if id(param) not in held and param.requires_grad and grad is not None \
-                        and bool(grad.ne(0).any()):
+                        and bool(stored_values(grad).ne(0).any()):
                     self._unoptimized.setdefault(forwards.param_name(param), id(param))
         self._publish_unoptimized(held)
 

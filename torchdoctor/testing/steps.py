@@ -12,6 +12,7 @@ from torch import nn
 from torchdoctor.diagnoses import parameters
 from torchdoctor.findings import Finding
 from torchdoctor.reference.trainer import forward
+from torchdoctor.tensors import stored_values
 from torchdoctor.testing.describe import shape_text, where
 from torchdoctor.testing.errors import error
 from torchdoctor.testing.trial import (
@@ -90,9 +91,9 @@ def _stale_reason(step: StepResult, name: str) -> tuple[str, str]:
         return "not-in-optimizer", "it is not in the optimizer's param_groups"
     if grad is None:
         return "no-grad", "it received no gradient (.grad is None)"
-    if not bool(torch.isfinite(grad).all()):
+    if not bool(torch.isfinite(stored_values(grad)).all()):
         return "nonfinite", "its gradient holds NaN/inf"
-    if not bool(grad.ne(0).any()):
+    if not bool(stored_values(grad).ne(0).any()):
         return "zero-grad", "its gradient is exactly zero"
     return "no-change", "the optimizer step did not change it"
 

@@ -12,6 +12,8 @@ program wrote it (above autograd, before decomposition):
 * the ``device``, ``is_cuda``, ``is_cpu`` getters and ``get_device()`` answer with the
   emulated device; ``param.data = t`` (how ``model.to(device)`` keeps parameter identity)
   moves the tag; the ``.grad`` getter tags a gradient autograd made for a tagged tensor;
+* ``torch._foreach_*`` / ``torch._fused_*``: the same, index by index (element i of
+  each list argument), never across the list;
 * any other call: when an emulated-GPU tensor meets a CPU tensor of more than 0 dims that
   the program made itself (a DataLoader batch, a factory call without ``device=``, a
   ``.cpu()`` copy), or two emulated GPUs meet, the mix is handed to the recorder, then the
@@ -49,6 +51,9 @@ ALLOWED_MIXES = frozenset({
 #: calls whose first output follows the GPU input and the rest stay on the CPU (the
 #: batch sizes and lengths of packed sequences)
 FIRST_OUTPUT_ONLY = frozenset({"_pack_padded_sequence", "_pad_packed_sequence"})
+#: ops over lists of tensors, one operation per index (optimizers' foreach and fused
+#: implementations, ``clip_grad_norm_``'s norms)
+FOREACH_PREFIXES = ("_foreach_", "_fused_")
 #: factories whose result, made without ``device=``, is a CPU tensor of the program's own
 FACTORIES = frozenset({
     "tensor", "as_tensor", "asarray", "ones", "zeros", "empty", "full", "rand", "randn",
@@ -120,6 +125,8 @@ class EmulationMode(TorchFunctionMode):
             return self._on_device(func, args, kwargs)
         if self.table.fetching:
             return func(*args, **kwargs)
+        if name.startswith(FOREACH_PREFIXES):
+            return self._foreach(func, name, args, kwargs)
         tensors = _tensors(args, kwargs)
         if not tensors:
             result = func(*args, **kwargs)
@@ -131,13 +138,7 @@ class EmulationMode(TorchFunctionMode):
     # -- ordinary calls ---------------------------------------------------------
     def _call(self, func: Any, name: str, tensors: list[torch.Tensor],
               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        device_of = self.table.device_of
-        gpu: torch.device | None = None
-        gpu_tensor = None
-        for tensor in tensors:
-            device = device_of(tensor)
-            if device is not None and gpu is None:
-                gpu, gpu_tensor = device, tensor
+        gpu, gpu_tensor = self._first_gpu(tensors)
         if gpu is None:  # all on the CPU: carry where the program's tensor came from
             result = func(*args, **kwargs)
             self._carry_origin(tensors, result)
@@ -149,6 +150,38 @@ class EmulationMode(TorchFunctionMode):
         for out in outputs[:1] if name in FIRST_OUTPUT_ONLY else outputs:
             self.table.tag(out, gpu)
         return result
+
+    def _foreach(self, func: Any, name: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+        """A ``torch._foreach_*`` (or fused optimizer) op: element i of every list
+        argument is one operation. Torch groups these by device before the call, but
+        under emulation every tensor is on the CPU, so one group can hold several
+        emulated GPUs: each index is checked on its own, an in-place op keeps its
+        arguments' tags, and output i takes the device of index i."""
+        values = (*args, *kwargs.values())
+        lists = [v for v in values if isinstance(v, (list, tuple))]
+        shared = [v for v in values if isinstance(v, torch.Tensor)]  # a step, a scale
+        devices: list[torch.device | None] = []
+        for index in range(max(map(len, lists), default=0)):
+            tensors = [*(v[index] for v in lists if index < len(v)
+                         and isinstance(v[index], torch.Tensor)), *shared]
+            gpu, gpu_tensor = self._first_gpu(tensors)
+            devices.append(gpu)
+            if gpu is not None:
+                self._check_mix(name, gpu, gpu_tensor, tensors)
+        result = func(*args, **kwargs)
+        if not name.endswith("_"):
+            for out, device in zip(_outputs(result), devices):
+                self.table.tag(out, device)
+        return result
+
+    def _first_gpu(self, tensors: list[torch.Tensor]) -> tuple[torch.device | None, Any]:
+        """The emulated device of the first GPU tensor among ``tensors``, and that tensor."""
+        for tensor in tensors:
+            device = self.table.device_of(tensor)
+            if device is not None:
+                return device, tensor
+        return None, None
 
     def _check_mix(self, name: str, gpu: torch.device, gpu_tensor: Any,
                    tensors: list[torch.Tensor]) -> None:
