@@ -37,8 +37,9 @@ class EvalModeCheck(Check):
         return [f for observed in run.models for f in _script_findings(run, observed)]
 
     def check_model(self, ctx: CheckContext, candidate: ModelCandidate) -> list[Finding]:
-        """A copy in eval() run twice on one batch must give the same output (sampling
-        such as a VAE's randn_like is only a warning: it can be the model itself)."""
+        """A copy in eval() run twice on one batch must give the same output (randomness
+        other than a dropout, such as a VAE's randn_like or a depth drawn with Python's
+        random, is only a warning: it can be the model itself)."""
         from torchdoctor.diagnoses.eval_randomness import CHECK_TOLERANCE, eval_randomness
         from torchdoctor.tensors import set_training
 
@@ -57,9 +58,11 @@ def _takes(model: nn.Module, inputs: Any) -> bool:
     user's code is guarded: our own analysis after it must crash loudly)."""
     import torch
 
+    from torchdoctor.engine.state import preserved_state
     from torchdoctor.reference.trainer import forward
 
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    # every RNG the forward may draw from (torch's, Python's random...) is restored
+    with preserved_state(), torch.no_grad():
         try:
             forward(model, inputs)
         except Exception:  # the user's model raised

@@ -68,6 +68,21 @@ class Noisy(nn.Module):
         return x + torch.randn_like(x)
 
 
+class PythonRandom(nn.Module):
+    """Random by design, in both modes, with Python's ``random`` (as pytorch/tutorials
+    dynamic_net picks its depth with ``random.randint``); a random scale rather than a
+    random depth, so that two calls always differ."""
+
+    def __init__(self, features: int = 20, classes: int = 4) -> None:
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import random
+
+        return self.fc(x) * random.uniform(0.5, 1.5)
+
+
 class FunctionalDropout(nn.Module):
     """Tabular (20 features, 4 classes) with ``F.dropout`` called without
     ``training=self.training``: still random after ``eval()``."""

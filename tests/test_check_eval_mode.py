@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tests.helpers import assert_ran_quiet
-from tests.models import Noisy
+from tests.models import Noisy, PythonRandom
 from torchdoctor.checks.eval_mode import EvalModeCheck
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
 from torchdoctor.engine.runner import diagnose, run_one_check
@@ -175,6 +175,74 @@ def test_randomness_inside_a_submodule_names_it() -> None:
     assert len(found) == 1
     assert found[0].location == "Net: 1 (Noisy)"
     assert "Noisy.forward" in found[0].message
+
+
+def test_randomness_from_python_random_is_a_warning_naming_it() -> None:
+    """pytorch/tutorials dynamic_net: its depth is random.randint's, by design."""
+    import random
+
+    random.seed(5)
+    state = random.getstate()
+    found = EvalModeCheck().run(_model_context(PythonRandom()))
+    assert [(f.severity, f.location) for f in found] == [(Severity.WARNING, "Net: PythonRandom")]
+    assert "draws random numbers (Python's `random`)" in found[0].message
+    assert "<model>" not in found[0].message and "random depth" in found[0].hint
+    assert random.getstate() == state  # the user's Python RNG is left as it was
+
+
+_RANDOM_DEPTH = '''
+import random, torch
+class Poly(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4) * 0.1)
+    def forward(self, x):
+        y = self.w[0] + self.w[1] * x
+        for k in range(2, random.randint(2, 4)):  # random depth by design
+            y = y + self.w[k] * x ** k
+        return y{scale}
+x = torch.linspace(-1, 1, 200); y = torch.sin(x)
+model = Poly(); opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+for t in range(30):
+    loss = torch.nn.functional.mse_loss(model(x), y, reduction="sum")
+    opt.zero_grad(); loss.backward(); opt.step()
+'''
+
+
+def test_random_depth_program_is_not_an_error(tmp_path: Path) -> None:
+    """pytorch/tutorials dynamic_net (the script never evaluates) was an eval-mode error
+    located at the literal `model: <model> (Poly)`."""
+    path = tmp_path / "dynamic_net.py"
+    path.write_text(_RANDOM_DEPTH.format(scale=""), encoding="utf-8")
+    report = diagnose(str(path), select=[CHECK])
+    assert report.result(CHECK).outcome in (Outcome.PASSED, Outcome.FAILED)  # it ran
+    assert [f for f in _mine(report) if f.severity is Severity.ERROR] == []
+    scaled = tmp_path / "dynamic_scale.py"  # two calls always differ
+    scaled.write_text(_RANDOM_DEPTH.format(scale=" * random.uniform(0.5, 1.5)"),
+                      encoding="utf-8")
+    found = _mine(diagnose(str(scaled), select=[CHECK]))
+    assert [(f.severity, f.location) for f in found] == [(Severity.WARNING, "model: Poly")]
+    assert "Python's `random`" in found[0].message
+
+
+class _AttentionDropout(nn.Module):
+    """Attention whose dropout_p is fixed: eval() cannot switch it off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(20, 12)
+        self.out = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).view(-1, 3, 1, 4).unbind(1)
+        attended = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+        return self.out(attended.squeeze(1))
+
+
+def test_attention_dropout_left_on_in_eval_is_an_error() -> None:
+    found = EvalModeCheck().run(_model_context(_AttentionDropout()))
+    assert [f.severity for f in found] == [Severity.ERROR]
+    assert "training=self.training" in found[0].hint
 
 
 def test_model_mode_leaves_model_and_rng_alone() -> None:

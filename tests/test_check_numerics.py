@@ -115,3 +115,38 @@ def torchdoctor_loss():
     found = findings_of(report, CHECK)
     assert [f.location.rsplit(":", 1)[-1] for f in found] == [
         str(_line_of(path, "torch.log(torch.softmax"))]
+
+
+_GCN_NORMALISATION = '''
+import torch, torch.nn as nn
+torch.manual_seed(0)
+features = (torch.rand(200, 30) < 0.1).float()
+features[0] = 0  # a node with no words: its row sums to 0
+s = 1 / torch.sum(features, dim=1)
+{guard}
+features = features * s[:, None]
+y = torch.randint(0, 3, (200,))
+model = nn.Linear(30, 3)
+opt = torch.optim.Adam(model.parameters(), lr=0.01)
+for _ in range(5):
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(features), y)
+    loss.backward()
+    opt.step()
+'''
+
+
+@pytest.mark.slow
+def test_gcn_normalisation_guarded_on_the_next_line_is_quiet(write_program) -> None:  # type: ignore[no-untyped-def]
+    """pytorch/examples gcn and gat: r_inv = 1 / rowsum; r_inv[torch.isinf(r_inv)] = 0."""
+    guarded = write_program(_GCN_NORMALISATION.format(guard="s[torch.isinf(s)] = 0"))
+    assert_ran_quiet(diagnose(str(guarded), select=[CHECK]), CHECK)
+
+
+@pytest.mark.slow
+def test_unguarded_zero_row_that_reaches_the_loss_is_an_error(write_program) -> None:  # type: ignore[no-untyped-def]
+    path = write_program(_GCN_NORMALISATION.format(guard=""))
+    found = findings_of(diagnose(str(path), select=[CHECK]), CHECK)
+    assert [(f.location.rsplit(":", 1)[-1], f.severity) for f in found] == [
+        (str(_line_of(path, "s = 1 /")), Severity.ERROR)]
+    assert "already has a 0 denominator" in found[0].message

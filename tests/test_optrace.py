@@ -215,3 +215,61 @@ def test_watch_can_trace_its_first_steps() -> None:
     found = [f for f in doc.findings if f.check == "shape-mismatch"]
     assert [f.location.rsplit(":", 1)[-1] for f in found] == [str(_line("# watched broadcast"))]
     assert _get_current_function_mode_stack() == []
+
+
+def _node_features() -> torch.Tensor:
+    """Bag-of-words node features with an isolated node: row 0 sums to 0."""
+    torch.manual_seed(0)
+    features = (torch.rand(20, 6) < 0.5).float()
+    features[0] = 0
+    return features
+
+
+def _divisions(tracer: OpTracer) -> list[tuple[str, int]]:
+    return [(p.severity, p.location.line if p.location else 0)
+            for p in tracer.problems if p.rule == "division-by-zero"]
+
+
+def test_division_whose_inf_is_masked_away_afterwards_is_quiet() -> None:
+    """The GCN row normalisation of pytorch/examples gcn and gat: r = 1 / rowsum, then
+    r[torch.isinf(r)] = 0; and its other spellings."""
+    features, model = _node_features(), nn.Linear(6, 3)
+    with OpTracer() as tracer:
+        r = 1 / features.sum(1)
+        r[torch.isinf(r)] = 0
+        q = 1 / features.sum(1)
+        q[q == float("inf")] = 0.0
+        w = 1 / features.sum(1)
+        w = torch.where(torch.isinf(w), 0.0, w)
+        d = features / features.sum(1, keepdim=True)
+        d = d.masked_fill(~torch.isfinite(d), 0.0)
+        n = torch.nan_to_num(features / features.sum(1, keepdim=True))
+        model(features * (r + q + w)[:, None] + d + n)
+    assert _divisions(tracer) == []
+    assert bool(torch.isinf(1 / features.sum(1)).any())  # each division made an inf
+
+
+def test_division_by_zero_is_an_error_only_once_its_result_reaches_a_model() -> None:
+    features, model = _node_features(), nn.Linear(6, 3)
+    with OpTracer() as tracer:
+        unused = 1 / features.sum(1)  # data statistics, never given to the model
+        scaled = features / features.sum(1, keepdim=True)  # fed to the model
+        model(scaled)
+    assert _divisions(tracer) == [("warning", _line("# data statistics, never given to the model")),
+                                  ("error", _line("# fed to the model"))]
+    assert "not seen reaching a model" in tracer.problems[0].message
+    assert unused.isinf().any()
+
+
+def test_division_by_zero_inside_the_forward_is_an_error() -> None:
+    class RowNormalised(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x / x.sum(1, keepdim=True))  # forward division
+
+    with OpTracer() as tracer:
+        RowNormalised()(_node_features())
+    assert _divisions(tracer) == [("error", _line("# forward division"))]

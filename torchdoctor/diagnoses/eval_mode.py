@@ -11,7 +11,8 @@ They see the same three bugs with more or less evidence, and report them here:
 2. training in eval mode (``model.eval()`` for the test loop, never ``model.train()``
    again): Dropout is off and BatchNorm stops learning its statistics;
 3. randomness that ``model.eval()`` does not switch off (``F.dropout`` without
-   ``training=self.training``);
+   ``training=self.training``); other randomness (sampling, Python's ``random``, a
+   random depth) can be the model's design: a warning, naming what drew;
 
 and, as a warning, evaluation without ``torch.no_grad()``. For a model without
 mode-sensitive modules, (1) and (2) change nothing: they are only worth an info.
@@ -41,8 +42,9 @@ TRAIN_HINT = ("call `model.train()` at the start of each epoch's training loop (
               "resumes after evaluation)")
 NO_GRAD_HINT = ("wrap the evaluation loop in `with torch.no_grad():` (or "
                 "`torch.inference_mode()`): it saves the memory and time of building a graph")
-SAMPLING_HINT = ("fine if it is the model's sampling (a VAE's reparameterisation, a "
-                 "policy's action); noise or augmentation must depend on `self.training`")
+SAMPLING_HINT = ("fine if the model is random by design (a VAE's reparameterisation, a "
+                 "policy's action, a random depth); noise, augmentation and dropout must "
+                 "depend on `self.training`")
 RANDOM_HINT = ("use nn.Dropout modules (model.eval() switches them off) or write "
                "`F.dropout(x, p, training=self.training)`; guard other random operations "
                "(torch.rand*, noise) with `if self.training:`")
@@ -89,11 +91,11 @@ def evaluated_with_grad(subject: str, evidence: str, *, location: str) -> Findin
 
 
 def random_in_eval(subject: str, culprit: str, forward_of: str, before: str, *,
-                   functional_dropout: bool, sampling: bool = False) -> str:
+                   functional_dropout: bool, drawn: str = "") -> str:
     """Bug 3: the code of ``forward_of``.forward stays random; ``culprit`` is the module
     whose output differed, ``before`` the call its randomness comes before (empty when
-    the culprit's own inputs were equal). ``sampling``: only sampling functions drew
-    (randn_like...), which may be the model itself (a VAE)."""
+    the culprit's own inputs were equal). ``drawn``: what drew random numbers, when known
+    (``torch.randn_like``, ``Python's `random```...)."""
     if before:
         seen = (f"the input of {before} differs between the runs although every module "
                 f"before it returned the same output, so something in {forward_of}.forward, "
@@ -101,8 +103,8 @@ def random_in_eval(subject: str, culprit: str, forward_of: str, before: str, *,
     else:
         seen = (f"{culprit} returns different outputs for identical inputs, so something in "
                 f"{forward_of}.forward")
-    random = ("draws random numbers (torch.randn_like, sampling...) after `model.eval()`"
-              if sampling else "stays random after `model.eval()`")
+    random = (f"draws random numbers ({drawn}) after `model.eval()`" if drawn
+              else "stays random after `model.eval()`")
     message = (f"{subject} gives different outputs for the same input in eval mode: {seen} "
                f"{random}")
     if functional_dropout:

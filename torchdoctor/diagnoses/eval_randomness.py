@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from torchdoctor.diagnoses import eval_mode
+from torchdoctor.diagnoses.sampling import RandomCalls
 from torchdoctor.findings import Finding, Severity
 from torchdoctor.hooks import module_info
 from torchdoctor.reference.trainer import forward
@@ -78,8 +79,6 @@ def eval_randomness(model: nn.Module, example: Any, *, subject: str = "the model
     """Run ``model`` (put in eval mode) twice on ``example``: when the outputs differ,
     the ``eval-mode`` finding that says where the randomness is, else None. ``subject``
     names the model in the message, ``prefix`` starts a module location (``Net: ``)."""
-    from torchdoctor.diagnoses.sampling import RandomCalls
-
     set_training(model, False)
     with torch.random.fork_rng(devices=_cuda_devices(model)), torch.no_grad(), \
             RandomCalls() as calls:
@@ -87,8 +86,7 @@ def eval_randomness(model: nn.Module, example: Any, *, subject: str = "the model
         if tolerance.same(out1, out2):
             return None
         first, second = _record_calls(model, example), _record_calls(model, example)
-    finding = _describe(model, first, second, tolerance, subject, prefix,
-                        calls.sampling_only)
+    finding = _describe(model, first, second, tolerance, subject, prefix, calls)
     return EvalRandomness(finding, _largest_difference(out1, out2))
 
 
@@ -134,47 +132,59 @@ def _record_calls(model: nn.Module, example: Any) -> list[_Call]:
 
 
 def _describe(model: nn.Module, first: list[_Call], second: list[_Call],
-              tolerance: Tolerance, subject: str, prefix: str, sampling: bool) -> Finding:
+              tolerance: Tolerance, subject: str, prefix: str, calls: RandomCalls
+              ) -> Finding:
     """The first module call whose output differs between the runs, explained."""
     for a, b in zip(first, second):
         if a.qualname != b.qualname:
             message = eval_mode.branches_on_randomness(
-                subject, a.qualname or "<model>", b.qualname or "<model>")
-            return _finding(message, f"{prefix}{_info(model, model)}", sampling)
+                subject, _info(model, a.module), _info(model, b.module))
+            return _finding(message, _where(model, model, prefix), calls)
         if tolerance.same(a.outputs, b.outputs):
             continue
         if tolerance.same(a.inputs, b.inputs):
-            return _culprit(model, a.module, "", subject, prefix, sampling)
+            return _culprit(model, a.module, "", subject, prefix, calls)
         parent = a.qualname.rpartition(".")[0]
         return _culprit(model, model.get_submodule(parent), _info(model, a.module), subject,
-                        prefix, sampling)
-    return _culprit(model, model, "", subject, prefix, sampling)
+                        prefix, calls)
+    return _culprit(model, model, "", subject, prefix, calls)
 
 
 def _culprit(model: nn.Module, module: nn.Module, before: str, subject: str,
-             prefix: str, sampling: bool) -> Finding:
+             prefix: str, calls: RandomCalls) -> Finding:
     """The finding naming ``module``'s forward (before the call ``before``, if given)."""
     line = _dropout_line(module)
     message = eval_mode.random_in_eval(subject, _info(model, module), type(module).__name__,
                                        before, functional_dropout=line is not None,
-                                       sampling=sampling)
+                                       drawn=calls.drawn())
     return _finding(message, str(line) if line is not None else
-                    f"{prefix}{_info(model, module)}", sampling)
+                    _where(model, module, prefix), calls)
 
 
-def _finding(message: str, location: str, sampling: bool) -> Finding:
-    """An error; only a warning when nothing but sampling functions (randn_like...) drew:
-    a VAE's or a policy's sampling is the model itself."""
-    if sampling:
-        return Finding(eval_mode.FINDING_ID, Severity.WARNING, message, location,
-                       eval_mode.SAMPLING_HINT)
-    return Finding(eval_mode.FINDING_ID, Severity.ERROR, message, location,
-                   eval_mode.RANDOM_HINT)
+def _finding(message: str, location: str, calls: RandomCalls) -> Finding:
+    """An error where a dropout drew in eval mode (``F.dropout`` without ``training=``):
+    eval() was meant to switch it off. Other randomness (sampling, Python's ``random``, a
+    random depth, or state kept between calls) can be the model's design: a warning."""
+    if calls.dropout_in_training:
+        return Finding(eval_mode.FINDING_ID, Severity.ERROR, message, location,
+                       eval_mode.RANDOM_HINT)
+    return Finding(eval_mode.FINDING_ID, Severity.WARNING, message, location,
+                   eval_mode.SAMPLING_HINT)
 
 
 def _info(model: nn.Module, module: nn.Module) -> str:
+    """``fc2 (Linear, ...)`` for a submodule; the class name for the model itself."""
+    if module is model:
+        return type(model).__name__
     qualname = next((n for n, m in model.named_modules() if m is module), "")
     return module_info(qualname, module).describe()
+
+
+def _where(model: nn.Module, module: nn.Module, prefix: str) -> str:
+    """The location of a module: ``Net: 1 (Noisy)``; the model itself by its class name
+    after the candidate's name (``model: Poly``), once if they are the same (``Net``)."""
+    label = _info(model, module)
+    return label if prefix.rstrip(": ") == label else f"{prefix}{label}"
 
 
 def _dropout_line(module: nn.Module) -> CodeLocation | None:

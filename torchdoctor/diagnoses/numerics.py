@@ -9,11 +9,16 @@ the calls that produced its inputs.
 
 Severity: ``error`` where the observed batch already produced inf/NaN (or a 0 inside a
 log, or a 0 under a square root that gradients flow through); ``warning`` otherwise:
-the loss is finite now, and the message says what makes it fail later.
+the loss is finite now, and the message says what makes it fail later. A division by 0
+is an error only once its result reaches a model or its loss (a division run while
+preparing data whose result goes nowhere: a warning), see
+:mod:`torchdoctor.diagnoses.numerics_divisions`.
 
 Stays quiet: ``log_softmax``, ``logsigmoid``, ``logsumexp``, logs of clamped or
 epsilon-shifted values, ``exp`` of a max-shifted or clamped value, divisions by an
-epsilon-shifted or clamped denominator, and anything not called by user code.
+epsilon-shifted or clamped denominator, divisions whose inf/NaN is masked away
+afterwards (``r[torch.isinf(r)] = 0``, ``nan_to_num``), and anything not called by user
+code.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from torchdoctor.diagnoses.numerics_divisions import DivisionLedger
 from torchdoctor.scriptrun.observations import CodeLocation, OpProblem
 
 if TYPE_CHECKING:
@@ -114,6 +120,8 @@ _NOW = {
     "log": "; the observed batch already has a 0 inside the log (-inf now)",
     "inf": "; the observed batch already overflowed (inf now)",
     "div": "; the observed batch already has a 0 denominator (inf/NaN now)",
+    "div-unreached": ("; a 0 denominator is already there (inf/NaN now), though the result "
+                      "was not seen reaching a model or its loss in the traced steps"),
     "sqrt": "; the observed batch already has a 0 under the square root (inf gradient now)",
 }
 
@@ -143,6 +151,8 @@ class NumericsRules:
         self._logs: dict[OpNode, dict[str, CodeLocation | None]] = {}
         self._zeros: set[OpNode] = set()
         self._bce_lines: set[str] = set()
+        #: what became of the flagged divisions (repaired? reached a model?)
+        self.divisions = DivisionLedger(lambda node: through(node) or node)
 
     def observe(self, node: OpNode, operands: Sequence[Any], out: Any) -> list[OpProblem]:
         """Problems with this call (``operands``: its tensor arguments)."""
@@ -163,9 +173,24 @@ class NumericsRules:
         """Drop the single-log findings a hand-written BCE finding already explains."""
         single = {"log-sigmoid", "log-one-minus-sigmoid", "log-of-zero"}
         by_hand = {str(p.location) for p in problems if p.rule == "logsumexp-by-hand"}
-        return [p for p in problems
+        kept = [p for p in problems
                 if not (p.rule in single and str(p.location) in self._bce_lines)
                 and not (p.rule == "exp-unbounded" and str(p.location) in by_hand)]
+        return [q for q in map(self._division_outcome, kept) if q is not None]
+
+    def _division_outcome(self, problem: OpProblem) -> OpProblem | None:
+        """A division's finding as it stands now: none once its inf/NaN was masked away;
+        an error only if a 0 denominator's result reached a model or its loss."""
+        verdict = self.divisions.verdict(str(problem.location)) \
+            if problem.rule == "division-by-zero" else None
+        if verdict is None:
+            return problem
+        observed, what = verdict
+        if observed == "repaired":
+            return None
+        message, hint = rule_text(problem.rule, observed, what=what)
+        return OpProblem(problem.check, problem.rule, "error" if observed == "div" else
+                         "warning", message, hint, problem.location)
 
     # -- rules ---------------------------------------------------------------------
     def _log(self, node: OpNode, argument: Any) -> list[OpProblem]:
@@ -229,6 +254,8 @@ class NumericsRules:
         zero = bool((values == 0).any())
         what = {"sum": "sum", "nansum": "sum", "norm": "norm", "std": "standard deviation",
                 "var": "variance"}.get(src.op, "square root of a sum, norm or variance")
+        # its severity is settled in merge(): the inf/NaN may be masked away next
+        self.divisions.flagged(node, zero=zero, what=what)
         return [_problem("division-by-zero", node, "div" if zero else "", what=what)]
 
     def _sqrt(self, node: OpNode, argument: Any) -> list[OpProblem]:

@@ -266,6 +266,8 @@ class OpTracer(TorchFunctionMode):
                 self._finish()
         elif budget.phase == "train" and budget.forwards_seen > budget.max_forwards:
             self._finish()
+        if self._live and self.rules.divisions.waiting:  # its inputs reach the model
+            self.rules.divisions.reached(self._nodes.get(t) for t in _tensors(args, {}))
 
     def _root_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self._live:
@@ -274,6 +276,7 @@ class OpTracer(TorchFunctionMode):
             made_by = self._nodes.get(tensor)  # e.g. the model's final softmax
             self._nodes[tensor] = OpNode("model-output", (made_by,) if made_by else (),
                                          tuple(tensor.shape), pred=True)
+            self.rules.divisions.reached([made_by])  # what its forward computed
 
     def _step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         budget = self.budget
@@ -306,11 +309,13 @@ class OpTracer(TorchFunctionMode):
     def _observe(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any,
                  frame: types.FrameType) -> None:
         outputs = _outputs(out)
-        if not outputs:
-            return
         name = canonical_name(func)
         operands = _tensors(args, kwargs)
         nodes = tuple(self._nodes.get(t) for t in operands)
+        if not outputs:
+            if name == "__setitem__" and any(nodes):  # x[mask] = v, in place
+                self.rules.divisions.masked(nodes)
+            return
         if name not in SOURCES and not any(nodes):
             return
         kind, location = _caller(frame)
@@ -321,6 +326,7 @@ class OpTracer(TorchFunctionMode):
                       location=location, scalars=_scalars(args, kwargs))
         for tensor in outputs:
             self._nodes[tensor] = node
+        self.rules.divisions.followed(node)
         if node.user:
             self.ops_seen += 1
             self._judge(node, operands, out)
