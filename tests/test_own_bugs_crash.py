@@ -6,12 +6,14 @@ the user's code (inside the same function that guards the user's forward pass)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from tests.models import image_mlp
-from torchdoctor.engine.runner import diagnose_model
+from torchdoctor.engine.runner import Diagnosis, diagnose_model
 from torchdoctor.errors import UserCodeError, user_code
 from torchdoctor.findings import Outcome
 from torchdoctor.hooks import localize_nonfinite
@@ -77,3 +79,41 @@ def test_user_code_labels_only_exceptions() -> None:
     assert raised.value.__cause__ is raised.value.error
     with pytest.raises(KeyboardInterrupt), user_code():
         raise KeyboardInterrupt
+
+
+_SCRIPT = """
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+loader = DataLoader(TensorDataset(torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))),
+                    batch_size=16)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+for x, y in loader:
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+print("the script finished")
+"""
+
+
+def test_a_bug_in_a_script_mode_recorder_is_crashed_not_the_scripts_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a recorder runs inside the user's forward (a global hook): its exception used to
+    # reach the script and be reported as "the script raised ..." (a false accusation)
+    from torchdoctor.scriptrun.forwards import ForwardRecorder
+
+    monkeypatch.setattr(ForwardRecorder, "after", _our_bug)
+    path = tmp_path / "train.py"
+    path.write_text(_SCRIPT)
+    monkeypatch.chdir(tmp_path)
+    diagnosis = Diagnosis(str(path), select=["missing-zero-grad", "overfit-one-batch"])
+    report = diagnosis.report()
+    assert "the script finished" in diagnosis.script_result.output
+    assert report.result("target") is None and not report.run_findings
+    crashed = report.result("missing-zero-grad")
+    assert crashed is not None and crashed.outcome is Outcome.CRASHED
+    assert "a bug in torchdoctor's own analysis" in crashed.detail
+    model_only = report.result("overfit-one-batch")
+    assert model_only is not None and model_only.outcome is not Outcome.CRASHED

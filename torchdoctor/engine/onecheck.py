@@ -27,6 +27,12 @@ def run_one_check(check: Check, ctx: CheckContext) -> CheckResult:
         return CheckResult(check.id, Outcome.SKIPPED, 0.0, [],
                            f"needs {wanted} mode; this target offers "
                            f"{' and '.join(sorted(ctx.modes)) or 'neither'}{why}")
+    if ctx.run is not None and ctx.run.internal_errors and "script" in check.modes:
+        # what the check would read is incomplete: our bug, never a pass or the script's
+        return CheckResult(check.id, Outcome.CRASHED, 0.0, [],
+                           "torchdoctor's own recording failed while the script ran, so "
+                           "what this check reads is incomplete:\n"
+                           + ctx.run.internal_errors[0])
     with collected_warnings() as warned:
         result = _run_isolated(check, ctx, started)
     result.warnings = warned

@@ -238,6 +238,12 @@ class Instrumentation:
             self.run.passes[current.index].backwards += 1
         self.budget.after_backward()
 
+    def internal_error(self, method: str, trace: str) -> None:
+        """Our own recorder ``method`` failed (see wrappers.observe): kept once per
+        method; the checks that read this run report ``crashed`` with it."""
+        if not any(e.startswith(f"{method}: ") for e in self.run.internal_errors):
+            self.run.internal_errors.append(f"{method}: {trace}")
+
     def zero_grad(self, owner: Any) -> None:
         """A ``zero_grad`` call of ``owner``."""
         if isinstance(owner, torch.optim.Optimizer):

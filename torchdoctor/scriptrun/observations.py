@@ -132,6 +132,9 @@ class ScriptRun:
     device_mixes: list[DeviceMixRecord] = field(default_factory=list)
     #: how the script trained each root model (optimizer, loss, one batch...)
     setups: list[CapturedSetup] = field(default_factory=list)
+    #: failures of torchdoctor's own recorders during the run (``method: traceback``),
+    #: kept from the script; the checks that read the run report ``crashed``
+    internal_errors: list[str] = field(default_factory=list)
 
     @property
     def applied_steps(self) -> list[StepRecord]:

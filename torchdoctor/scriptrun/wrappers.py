@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import traceback
 import types
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -51,6 +52,22 @@ class RunObserver(Protocol):
     def zero_grad(self, owner: Any) -> None:
         """Note a ``zero_grad`` call of ``owner`` (an optimizer or a module)."""
 
+    def internal_error(self, method: str, trace: str) -> None:
+        """torchdoctor's own ``method`` failed with ``trace`` (see :func:`observe`)."""
+
+
+def observe(run: Any, method: str, *args: Any, fallback: Any = None) -> Any:
+    """Call ``run.<method>(*args)``, torchdoctor's own recording. A bug in it must not
+    reach the user's script, where it would be reported as the script's error: it goes to
+    ``run.internal_error`` (the checks that read the run then report ``crashed``) and the
+    script goes on; ``fallback`` is returned instead. The budget's StopRun and the
+    timeout are BaseExceptions: they pass."""
+    try:
+        return getattr(run, method)(*args)
+    except Exception:  # our own recorder failed: never the user's error
+        run.internal_error(method, traceback.format_exc())
+        return fallback
+
 
 def wrap_loader_iter(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
     """``DataLoader.__iter__``: each pass is counted and limited by the run."""
@@ -60,7 +77,8 @@ def wrap_loader_iter(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
         run = link.get()
         if run is None:
             return original(loader, *args, **kwargs)
-        return run.loader_pass(loader, original(loader, *args, **kwargs))
+        batches = original(loader, *args, **kwargs)
+        return observe(run, "loader_pass", loader, batches, fallback=batches)
 
     return limited_iter
 
@@ -79,7 +97,7 @@ def wrap_backward(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
         if run is None or running[0]:
             return original(tensor, *args, **kwargs)
         value = float(tensor.detach()) if tensor.numel() == 1 else None
-        run.before_backward(tensor)
+        observe(run, "before_backward", tensor)
         del run  # no strong reference across the user's backward
         started = time.perf_counter()
         running[0] += 1
@@ -89,7 +107,7 @@ def wrap_backward(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
             running[0] -= 1
             run = link.get()
             if run is not None:
-                run.backward(value, started)
+                observe(run, "backward", value, started)
         run = link.get()
         if run is not None:
             run.backward_succeeded()
@@ -105,7 +123,7 @@ def wrap_zero_grad(original: Wrapper, link: RunLink[RunObserver]) -> Wrapper:
     def observed_zero_grad(owner: Any, *args: Any, **kwargs: Any) -> Any:
         run = link.get()
         if run is not None:
-            run.zero_grad(owner)
+            observe(run, "zero_grad", owner)
         return original(owner, *args, **kwargs)
 
     return observed_zero_grad
@@ -135,7 +153,7 @@ def wrap_functional_loss(name: str, original: Wrapper, link: RunLink[RunObserver
             prediction = args[0] if args else kwargs.get("input")
             target = args[1] if len(args) > 1 else kwargs.get("target")
             options = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float))}
-            run.functional_loss(name, (prediction, target), output, options)
+            observe(run, "functional_loss", name, (prediction, target), output, options)
         return output
 
     return observed_loss
@@ -188,7 +206,7 @@ def routed(method: str, link: RunLink[Any]) -> Callable[..., None]:
     def hook(*args: Any) -> None:
         run = link.get()
         if run is not None and not under_functorch():
-            getattr(run, method)(*args)
+            observe(run, method, *args)
 
     hook.__qualname__ = hook.__name__ = f"torchdoctor_{method}"
     return hook
