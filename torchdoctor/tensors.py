@@ -92,6 +92,19 @@ def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from iter_tensors(getattr(value, item.name))
 
 
+def argument_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors among a call's arguments, one level into lists and tuples (not the
+    deep walk of :func:`iter_tensors`: the op tracer and the GPU emulation call it on
+    every torch call, where that walk would cost)."""
+    found = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, torch.Tensor))
+    return found
+
+
 def first_tensor(value: Any) -> torch.Tensor | None:
     """The first tensor in a nested structure, or None."""
     return next(iter_tensors(value), None)

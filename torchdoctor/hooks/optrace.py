@@ -40,6 +40,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from torchdoctor.findings import Finding
 from torchdoctor.scriptrun.callsite import is_user_file, location_of
 from torchdoctor.scriptrun.observations import CodeLocation, OpNode, OpProblem
+from torchdoctor.tensors import argument_tensors
 
 #: torch's Python functions that only forward a call to the real op (or to a mode):
 #: frames in them are looked through when finding who called the op
@@ -110,16 +111,6 @@ def _caller(frame: types.FrameType | None) -> tuple[str, CodeLocation | None]:
             return kind, None
         frame = frame.f_back
     return "library", None
-
-
-def _tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    found = []
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found.extend(v for v in value if isinstance(v, torch.Tensor))
-    return found
 
 
 def _scalars(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, ...]:
@@ -267,7 +258,7 @@ class OpTracer(TorchFunctionMode):
         elif budget.phase == "train" and budget.forwards_seen > budget.max_forwards:
             self._finish()
         if self._live and self.rules.divisions.waiting:  # its inputs reach the model
-            self.rules.divisions.reached(self._nodes.get(t) for t in _tensors(args, {}))
+            self.rules.divisions.reached(self._nodes.get(t) for t in argument_tensors(args, {}))
 
     def _root_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self._live:
@@ -310,7 +301,7 @@ class OpTracer(TorchFunctionMode):
                  frame: types.FrameType) -> None:
         outputs = _outputs(out)
         name = canonical_name(func)
-        operands = _tensors(args, kwargs)
+        operands = argument_tensors(args, kwargs)
         nodes = tuple(self._nodes.get(t) for t in operands)
         if not outputs:
             if name == "__setitem__" and any(nodes):  # x[mask] = v, in place

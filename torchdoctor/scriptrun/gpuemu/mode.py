@@ -34,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 from torchdoctor.scriptrun.gpuemu.table import DeviceTable, Origin
 from torchdoctor.scriptrun.gpuemu.where import user_line
+from torchdoctor.tensors import argument_tensors
 
 if TYPE_CHECKING:
     from torchdoctor.scriptrun.gpuemu.record import MixRecorder
@@ -73,17 +74,6 @@ def emulated_device(value: Any) -> torch.device | None:
     if device.type != "cuda":
         return None
     return device if device.index is not None else torch.device("cuda", 0)
-
-
-def _tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    """The tensors among the arguments, one level into lists and tuples."""
-    found = []
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found.extend(v for v in value if isinstance(v, torch.Tensor))
-    return found
 
 
 def _outputs(result: Any) -> list[torch.Tensor]:
@@ -127,7 +117,7 @@ class EmulationMode(TorchFunctionMode):
             return func(*args, **kwargs)
         if name.startswith(FOREACH_PREFIXES):
             return self._foreach(func, name, args, kwargs)
-        tensors = _tensors(args, kwargs)
+        tensors = argument_tensors(args, kwargs)
         if not tensors:
             result = func(*args, **kwargs)
             if name in FACTORIES:
