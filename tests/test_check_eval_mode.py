@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tests.helpers import assert_ran_quiet
+from tests.helpers import assert_ran_quiet, line_containing
 from tests.models import Noisy, PythonRandom
 from torchdoctor.checks.eval_mode import EvalModeCheck
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate, TrainingSetup
@@ -93,10 +93,6 @@ def _program(tmp_path: Path, **changes: str) -> Path:
     return path
 
 
-def _line_of(path: Path, text: str) -> int:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if text in line)
-
 
 def _mine(report: Report) -> list[Finding]:
     return [f for f in report.findings if f.check == CHECK]
@@ -109,7 +105,7 @@ def test_bug_program_test_loop_without_eval_is_an_error(
         example_report: Callable[[str], Report]) -> None:
     found = _mine(example_report("eval_mode"))
     assert [f.severity for f in found] == [Severity.ERROR]
-    line = _line_of(BUGS / "eval_mode.py", "model(images).argmax")
+    line = line_containing(BUGS / "eval_mode.py", "model(images).argmax")
     assert found[0].location.endswith(f"eval_mode.py:{line}")
     assert "training mode" in found[0].message and "layers.3" in found[0].message
     assert "model.eval()" in found[0].hint
@@ -123,7 +119,7 @@ def test_training_resumed_in_eval_mode_is_found(tmp_path: Path) -> None:
     found = _mine(diagnose(str(path), select=[CHECK]))
     assert [f.severity for f in found] == [Severity.ERROR]
     assert "resumed after `model.eval()`" in found[0].message
-    assert found[0].location.endswith(f"train.py:{_line_of(path, 'loss_fn(model(x), y)')}")
+    assert found[0].location.endswith(f"train.py:{line_containing(path, 'loss_fn(model(x), y)')}")
     assert "model.train()" in found[0].hint
 
 
@@ -132,7 +128,8 @@ def test_evaluation_with_gradients_is_a_warning(tmp_path: Path) -> None:
     found = _mine(diagnose(str(path), select=[CHECK]))
     assert [f.severity for f in found] == [Severity.WARNING]
     assert "torch.no_grad()" in found[0].hint
-    assert found[0].location.endswith(f"train.py:{_line_of(path, '                model(x)')}")
+    line = line_containing(path, '                model(x)')
+    assert found[0].location.endswith(f"train.py:{line}")
 
 
 def test_model_without_dropout_gets_info_only(tmp_path: Path) -> None:
@@ -151,7 +148,7 @@ def test_functional_dropout_without_training_flag_is_pinned(tmp_path: Path) -> N
     path = _program(tmp_path, DROPOUT_MODULE="pass", DROPOUT_CALL="F.dropout(x, 0.5)")
     found = _mine(diagnose(str(path), select=[CHECK]))
     assert [f.severity for f in found] == [Severity.ERROR]
-    assert found[0].location.endswith(f"train.py:{_line_of(path, 'F.dropout(x, 0.5)')}")
+    assert found[0].location.endswith(f"train.py:{line_containing(path, 'F.dropout(x, 0.5)')}")
     assert "before fc2 (Linear" in found[0].message
     assert "training=self.training" in found[0].hint
 

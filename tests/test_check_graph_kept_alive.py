@@ -11,17 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_ran_quiet, findings_of
+from tests.helpers import assert_ran_quiet, findings_of, line_starting
 from torchdoctor.engine.runner import diagnose
 from torchdoctor.findings import Finding, Report, Severity
 
 CHECK = "graph-kept-alive"
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
 
-
-def _line_of(path: Path, code: str) -> int:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(code))
 
 
 # ---------------------------------------------------------------- example programs
@@ -37,8 +33,8 @@ def test_kept_losses_are_found_at_the_accumulating_line(
     found = findings_of(example_report(program), CHECK)
     assert len(found) == 1
     assert found[0].severity is Severity.WARNING
-    assert found[0].location.endswith(f"{path.name}:{_line_of(path, keeper)}")
-    backward = _line_of(path, "loss.backward()")
+    assert found[0].location.endswith(f"{path.name}:{line_starting(path, keeper)}")
+    backward = line_starting(path, "loss.backward()")
     assert found[0].message == (
         f"`{variable}` holds the losses of finished steps with their autograd graphs "
         f"(backward at examples/bugs/{path.name}:{backward}): every step's graph stays in "
@@ -86,7 +82,7 @@ def _found(tmp_path: Path, body: str) -> list[Finding]:
 
 
 def _line(tmp_path: Path, code: str) -> str:
-    return f"train.py:{_line_of(tmp_path / 'train.py', code)}"
+    return f"train.py:{line_starting(tmp_path / 'train.py', code)}"
 
 
 @pytest.mark.slow

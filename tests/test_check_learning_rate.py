@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_ran_quiet, findings_of
+from tests.helpers import assert_ran_quiet, findings_of, line_starting
 from torchdoctor.diagnoses import learning_rate
 from torchdoctor.engine.runner import diagnose
 from torchdoctor.findings import Outcome, Report, Severity
@@ -24,10 +24,6 @@ from torchdoctor.scriptrun.observations import CodeLocation, UpdateRecord
 CHECK = "learning-rate"
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
 
-
-def _line_of(path: Path, code: str) -> int:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(code))
 
 
 # ---------------------------------------------------------------- example programs
@@ -39,7 +35,7 @@ def test_adam_at_1e_9_is_an_error_at_the_step_line(
     found = findings_of(example_report("learning_rate"), CHECK)
     assert len(found) == 1
     assert found[0].severity is Severity.ERROR
-    assert found[0].location.endswith(f"{path.name}:{_line_of(path, 'optimizer.step()')}")
+    assert found[0].location.endswith(f"{path.name}:{line_starting(path, 'optimizer.step()')}")
     assert found[0].message.startswith("Adam param group 0 (layers.1.weight, ...) moves the "
                                        "weights by at most ")
     assert "at lr=1e-09: 100,000 steps change them by less than 1%" in found[0].message
@@ -225,7 +221,7 @@ def test_lr_1e_9_in_a_loop_is_found_once_per_group(tmp_path: Path,
     found = findings_of(_check(tmp_path, setup), CHECK)
     assert [(f.severity, f.message.split(" (")[0]) for f in found] == [
         (Severity.ERROR, "Adam param group 0")]
-    step_line = _line_of(tmp_path / "train.py", "optimizer.step()")
+    step_line = line_starting(tmp_path / "train.py", "optimizer.step()")
     assert found[0].location.endswith(f"train.py:{step_line}")
 
 

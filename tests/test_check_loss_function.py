@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import assert_ran_quiet
+from tests.helpers import assert_ran_quiet, line_containing
 from tests.models import image_mlp
 from torchdoctor.checks.loss_function import LossFunctionCheck
 from torchdoctor.diagnoses.loss_inputs import crash_problem, loss_input_problems
@@ -74,10 +74,6 @@ def _program(tmp_path: Path, **markers: str) -> Path:
     return path
 
 
-def _line_of(path: Path, text: str) -> int:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if text in line)
-
 
 def _mine(report: Report) -> list[Finding]:
     return [f for f in report.findings if f.check == CHECK]
@@ -90,7 +86,7 @@ def test_bug_program_softmax_before_cross_entropy(example_report: Callable[[str]
     found = _mine(example_report("loss_function"))
     assert [f.severity for f in found] == [Severity.ERROR]
     assert "softmax" in found[0].message and "CrossEntropyLoss" in found[0].message
-    line = _line_of(BUGS / "loss_function.py", "loss = loss_fn(model(images), labels)")
+    line = line_containing(BUGS / "loss_function.py", "loss = loss_fn(model(images), labels)")
     assert found[0].location.endswith(f"loss_function.py:{line}")
     assert "logits" in found[0].hint
 
@@ -103,7 +99,7 @@ def test_sigmoid_before_bce_with_logits_is_found(tmp_path: Path) -> None:
     found = _mine(diagnose(str(path), select=[CHECK]))
     assert [f.severity for f in found] == [Severity.ERROR]
     assert "sigmoid" in found[0].message and "BCEWithLogitsLoss" in found[0].message
-    assert found[0].location.endswith(f"train.py:{_line_of(path, 'loss = loss_fn')}")
+    assert found[0].location.endswith(f"train.py:{line_containing(path, 'loss = loss_fn')}")
 
 
 def test_logits_to_bce_with_logits_are_quiet(tmp_path: Path) -> None:
@@ -117,7 +113,7 @@ def test_float_class_targets_crash_is_explained(tmp_path: Path) -> None:
     found = _mine(report)
     assert [f.severity for f in found] == [Severity.ERROR]
     assert found[0].explains_crash and "labels.long()" in found[0].hint
-    assert found[0].location.endswith(f"train.py:{_line_of(path, 'loss = loss_fn')}")
+    assert found[0].location.endswith(f"train.py:{line_containing(path, 'loss = loss_fn')}")
     assert not [f for f in report.findings if f.check == TARGET_CHECK_ID]
 
 

@@ -9,7 +9,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers import assert_ran_quiet
+from tests.helpers import assert_ran_quiet, line_starting
 from torchdoctor.checks.missing_zero_grad import MissingZeroGradCheck
 from torchdoctor.engine.context import CheckContext, CheckOptions, ModelCandidate
 from torchdoctor.engine.runner import diagnose, run_one_check
@@ -24,11 +24,6 @@ def _mine(report: Report) -> list[Finding]:
     return [f for f in report.findings if f.check == CHECK]
 
 
-def _line_of(path: Path, code: str) -> int:
-    """The 1-based number of the first line of ``path`` whose code starts with ``code``."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(code))
-
 
 # ---------------------------------------------------------------- example programs
 
@@ -38,7 +33,7 @@ def test_bug_program_found_at_the_step_line(example_report: Callable[[str], Repo
     assert len(found) == 1
     finding = found[0]
     assert finding.severity is Severity.ERROR
-    step_line = _line_of(BUGS / "missing_zero_grad.py", "optimizer.step()")
+    step_line = line_starting(BUGS / "missing_zero_grad.py", "optimizer.step()")
     assert finding.location.endswith(f"missing_zero_grad.py:{step_line}")
     assert "optimizer.zero_grad() is never called" in finding.message
     assert "gradients from step 1" in finding.message and "step 2's" in finding.message
@@ -99,7 +94,7 @@ def test_no_zero_grad_at_all_is_flagged(tmp_path: Path) -> None:
     """)
     found = _check(path)
     assert len(found) == 1
-    assert found[0].location == f"{path}:{_line_of(path, 'optimizer.step()')}"
+    assert found[0].location == f"{path}:{line_starting(path, 'optimizer.step()')}"
     assert "never called" in found[0].message
 
 
@@ -113,8 +108,8 @@ def test_zero_grad_on_the_wrong_optimizer_is_flagged(tmp_path: Path) -> None:
     found = _check(path)
     assert len(found) == 1
     message = found[0].message
-    assert found[0].location == f"{path}:{_line_of(path, 'optimizer.step()')}"
-    assert f"zero_grad() at {path}:{_line_of(path, 'critic_optimizer.zero_grad()')}" in message
+    assert found[0].location == f"{path}:{line_starting(path, 'optimizer.step()')}"
+    assert f"zero_grad() at {path}:{line_starting(path, 'critic_optimizer.zero_grad()')}" in message
     assert "clears other parameters" in message
     assert f"not the 4 parameters of Adam at {path}:" in message
     assert "never called" not in message

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import assert_ran_quiet
+from tests.helpers import assert_ran_quiet, line_starting
 from torchdoctor.check import SkipCheck
 from torchdoctor.checks.nan_loss import NanLossCheck
 from torchdoctor.diagnoses.nonfinite import Evidence, classify, loss_rose
@@ -34,11 +34,6 @@ def _mine(report: Report) -> list[Finding]:
     return [f for f in report.findings if f.check == CHECK]
 
 
-def _line_of(path: Path, code: str) -> int:
-    """The 1-based number of the first line of ``path`` whose code starts with ``code``."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(code))
-
 
 # ---------------------------------------------------------------- example programs
 
@@ -56,7 +51,7 @@ def test_bug_program_found_with_step_module_and_cause(
             in finding.message)
     assert "learning rate too high" in finding.message
     assert "lr=1000" in finding.message
-    backward_line = _line_of(BUGS / "nan_loss.py", "loss.backward()")
+    backward_line = line_starting(BUGS / "nan_loss.py", "loss.backward()")
     assert finding.location.endswith(f"nan_loss.py:{backward_line}")
     assert "clip_grad_norm_" in finding.hint
 
@@ -109,7 +104,7 @@ def test_log_of_softmax_program_is_log_of_zero(tmp_path: Path) -> None:
     assert "Net.forward itself" in message  # not fc1/fc2: the torch.log in forward()
     assert "log of zero / division by zero" in message
     assert "log_softmax" in found[0].hint
-    assert found[0].location.endswith(f"log_softmax.py:{_line_of(path, 'loss.backward()')}")
+    assert found[0].location.endswith(f"log_softmax.py:{line_starting(path, 'loss.backward()')}")
 
 
 def test_log_softmax_program_is_quiet(tmp_path: Path) -> None:

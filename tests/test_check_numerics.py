@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_ran_quiet, findings_of
+from tests.helpers import assert_ran_quiet, findings_of, line_containing
 from torchdoctor.engine.context import CheckOptions
 from torchdoctor.engine.runner import diagnose
 from torchdoctor.findings import Outcome, Report, Severity
@@ -19,10 +19,6 @@ BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
 CHECK = "numerics"
 EXAMPLE = "numerics"  # examples/bugs/numerics.py and its _fixed form
 
-
-def _line_of(path: Path, text: str) -> int:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i + 1 for i, line in enumerate(lines) if text in line)
 
 
 def test_bug_program_each_unsafe_expression_at_its_line(
@@ -39,7 +35,7 @@ def test_bug_program_each_unsafe_expression_at_its_line(
     }
     assert len(found) == len(expected)
     for text, (words, fix, severity) in expected.items():
-        finding = where[f"examples/bugs/numerics.py:{_line_of(path, text)}"]
+        finding = where[f"examples/bugs/numerics.py:{line_containing(path, text)}"]
         assert finding.severity is severity, text
         assert words in finding.message and fix in finding.hint, text
 
@@ -55,8 +51,8 @@ def test_hand_written_bce_and_sqrt_at_zero(example_report: Callable[[str], Repor
     path = BUGS / "numerics_binary.py"
     found = findings_of(example_report("numerics_binary"), CHECK)
     assert [(f.location, f.severity) for f in found] == [
-        (f"examples/bugs/numerics_binary.py:{_line_of(path, 'bce = ')}", Severity.WARNING),
-        (f"examples/bugs/numerics_binary.py:{_line_of(path, 'calibration = ')}",
+        (f"examples/bugs/numerics_binary.py:{line_containing(path, 'bce = ')}", Severity.WARNING),
+        (f"examples/bugs/numerics_binary.py:{line_containing(path, 'calibration = ')}",
          Severity.WARNING)]
     assert "BCEWithLogitsLoss" in found[0].hint and "1e-8" in found[1].hint
     fixed = example_report("numerics_binary_fixed")
@@ -70,9 +66,9 @@ def test_hand_written_loss_and_accuracy_broadcasts_are_shape_mismatch(
     path = BUGS / "shape_mismatch_broadcast.py"
     found = findings_of(example_report("shape_mismatch_broadcast"), "shape-mismatch")
     assert [(f.location, f.severity) for f in found] == [
-        (f"examples/bugs/shape_mismatch_broadcast.py:{_line_of(path, 'loss = ((')}",
+        (f"examples/bugs/shape_mismatch_broadcast.py:{line_containing(path, 'loss = ((')}",
          Severity.ERROR),
-        (f"examples/bugs/shape_mismatch_broadcast.py:{_line_of(path, 'correct += ')}",
+        (f"examples/bugs/shape_mismatch_broadcast.py:{line_containing(path, 'correct += ')}",
          Severity.ERROR)]
     assert found[0].message.startswith("(64, 1) - (64,) -> (64, 64)")
     assert "squeeze(1)" in found[0].hint
@@ -114,7 +110,7 @@ def torchdoctor_loss():
     report = diagnose(f"{path}::Net", select=[CHECK])
     found = findings_of(report, CHECK)
     assert [f.location.rsplit(":", 1)[-1] for f in found] == [
-        str(_line_of(path, "torch.log(torch.softmax"))]
+        str(line_containing(path, "torch.log(torch.softmax"))]
 
 
 _GCN_NORMALISATION = '''
@@ -148,5 +144,5 @@ def test_unguarded_zero_row_that_reaches_the_loss_is_an_error(write_program) -> 
     path = write_program(_GCN_NORMALISATION.format(guard=""))
     found = findings_of(diagnose(str(path), select=[CHECK]), CHECK)
     assert [(f.location.rsplit(":", 1)[-1], f.severity) for f in found] == [
-        (str(_line_of(path, "s = 1 /")), Severity.ERROR)]
+        (str(line_containing(path, "s = 1 /")), Severity.ERROR)]
     assert "already has a 0 denominator" in found[0].message

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import assert_ran_quiet
+from tests.helpers import assert_ran_quiet, line_containing
 from tests.models import image_mlp
 from torchdoctor.check import SkipCheck
 from torchdoctor.checks.overfit_one_batch import OverfitOneBatchCheck, examine
@@ -30,10 +30,6 @@ def _mine(report: Report) -> list[Finding]:
     return [f for f in report.findings if f.check == CHECK]
 
 
-def _line_of(path: Path, text: str) -> int:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if text in line)
-
 
 # ---------------------------------------------------------------- example programs
 
@@ -43,7 +39,7 @@ def test_bug_program_detached_hidden_layer(example_report: Callable[[str], Repor
     assert [f.severity for f in found] == [Severity.ERROR]
     assert "hidden.weight, hidden.bias get no gradient" in found[0].message
     assert "cannot fit one batch" in found[0].message
-    line = _line_of(BUGS / "overfit_one_batch.py", ".detach()  # BUG")
+    line = line_containing(BUGS / "overfit_one_batch.py", ".detach()  # BUG")
     assert found[0].location.endswith(f"overfit_one_batch.py:{line}")
     assert ".detach()" in found[0].hint
 

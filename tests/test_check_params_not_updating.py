@@ -10,18 +10,13 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers import assert_ran_quiet, findings_of
+from tests.helpers import assert_ran_quiet, findings_of, line_starting
 from torchdoctor.engine.runner import diagnose
 from torchdoctor.findings import Finding, Report, Severity
 
 CHECK = "params-not-updating"
 BUGS = Path(__file__).resolve().parents[1] / "examples" / "bugs"
 
-
-def _line_of(path: Path, code: str) -> int:
-    """The 1-based number of the first line of ``path`` whose code starts with ``code``."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(code))
 
 
 # ---------------------------------------------------------------- example programs
@@ -44,9 +39,9 @@ def test_step_without_parentheses_is_found_at_the_backward_line(
     found = findings_of(example_report("params_not_updating_no_step"), CHECK)
     assert len(found) == 1
     assert found[0].severity is Severity.ERROR
-    assert found[0].location.endswith(f"{path.name}:{_line_of(path, 'loss.backward()')}")
+    assert found[0].location.endswith(f"{path.name}:{line_starting(path, 'loss.backward()')}")
     assert "never stepped" in found[0].message and "Adam" in found[0].message
-    zero_grad = _line_of(path, "optimizer.zero_grad()")
+    zero_grad = line_starting(path, "optimizer.zero_grad()")
     assert f"{path.name}:{zero_grad}) never stepped" in found[0].message
     assert "`optimizer.step()`" in found[0].hint
 
@@ -212,7 +207,7 @@ def test_unused_layer_in_the_optimizer_is_a_warning(
     assert found[0].message == (
         "2 parameter(s) in Adam never received a gradient, so its steps never change them: "
         "aux_head.weight, aux_head.bias; aux_head never ran in forward")
-    assert found[0].location.endswith(f"{path.name}:{_line_of(path, 'optimizer.step()')}")
+    assert found[0].location.endswith(f"{path.name}:{line_starting(path, 'optimizer.step()')}")
     assert "requires_grad_(False)" in found[0].hint
 
 

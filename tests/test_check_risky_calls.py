@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.helpers import assert_ran_quiet
+from tests.helpers import assert_ran_quiet, line_containing
 from torchdoctor.engine.runner import diagnose
 from torchdoctor.findings import Finding, Outcome, Report, Severity
 from torchdoctor.scriptrun.directcalls import wrap_load
@@ -30,11 +30,6 @@ def _mine(report: Report) -> list[Finding]:
     return [f for f in report.findings if f.check == CHECK]
 
 
-def _line_of(path: Path, code: str) -> int:
-    """The 1-based number of the first line of ``path`` that contains ``code``."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if code in line)
-
 
 # ---------------------------------------------------------------- example programs
 
@@ -45,7 +40,7 @@ def test_unsafe_load_example_warns_at_the_load_line(
     assert len(found) == 1
     finding = found[0]
     assert finding.severity is Severity.WARNING
-    line = _line_of(BUGS / "risky_calls.py", "torch.load(")
+    line = line_containing(BUGS / "risky_calls.py", "torch.load(")
     assert finding.location.endswith(f"risky_calls.py:{line}")
     assert "weights_only=False" in finding.message
     assert "torch.load(path, weights_only=True)" in finding.hint
@@ -55,7 +50,7 @@ def test_direct_forward_example_warns_at_the_call(
         example_report: Callable[[str], Report]) -> None:
     found = _mine(example_report("risky_calls_forward"))
     assert len(found) == 1  # one call site, however many batches
-    line = _line_of(BUGS / "risky_calls_forward.py", "loss_fn(model.forward(images)")
+    line = line_containing(BUGS / "risky_calls_forward.py", "loss_fn(model.forward(images)")
     assert found[0].location.endswith(f"risky_calls_forward.py:{line}")
     assert found[0].severity is Severity.WARNING
     assert "Classifier.forward(...) is called directly" in found[0].message
@@ -127,7 +122,7 @@ def test_direct_forward_from_a_function_is_flagged(tmp_path: Path) -> None:
         out = model.forward(x)
     """)
     found = _mine(report)
-    assert [f.location for f in found] == [f"{path}:{_line_of(path, 'model.forward(x)')}"]
+    assert [f.location for f in found] == [f"{path}:{line_containing(path, 'model.forward(x)')}"]
     assert found[0].message.startswith("Child.forward(...) is called directly")
 
 
@@ -152,7 +147,7 @@ def test_load_without_the_argument_warns_where_the_default_unpickles(
         out = model(x)
     """)
     found = _mine(report)
-    assert [f.location for f in found] == [f"{path}:{_line_of(path, 'torch.load(')}"]
+    assert [f.location for f in found] == [f"{path}:{line_containing(path, 'torch.load(')}"]
     assert "without weights_only=True" in found[0].message
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_ran_quiet, findings_of
+from tests.helpers import assert_ran_quiet, findings_of, line_starting
 from torchdoctor.engine.context import CheckOptions
 from torchdoctor.engine.runner import Diagnosis, diagnose
 from torchdoctor.report import render, render_json
@@ -28,11 +28,6 @@ def _program(tmp_path: Path, source: str, name: str = "train.py") -> Path:
     path.write_text(textwrap.dedent(source), encoding="utf-8")
     return path
 
-
-def _line_of(path: Path, code: str) -> int:
-    """The 1-based number of the first line of ``path`` whose code starts with ``code``."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(code))
 
 
 # ------------------------------------------------------- the ten-epoch example program
@@ -146,7 +141,7 @@ def test_missing_zero_grad_in_an_accumulation_loop_is_found(tmp_path: Path) -> N
     report = diagnose(str(path), select=["missing-zero-grad"])
     found = findings_of(report, "missing-zero-grad")
     assert len(found) == 1 and found[0].severity.value == "error"
-    assert found[0].location.endswith(f"train.py:{_line_of(path, 'optimizer.step()')}")
+    assert found[0].location.endswith(f"train.py:{line_starting(path, 'optimizer.step()')}")
 
 
 @pytest.mark.slow
@@ -213,7 +208,7 @@ def test_a_hook_defined_below_a_cut_loop_is_honoured(tmp_path: Path) -> None:
     namespace = diagnosis.script_result.namespace
     assert callable(namespace["torchdoctor_batch"])
     assert context.setup is not None and context.setup.source["batch"] == "torchdoctor_batch()"
-    line = _line_of(path, "def torchdoctor_batch")
+    line = line_starting(path, "def torchdoctor_batch")
     assert any(f"torchdoctor_batch() (line {line}) was defined after the run (the program"
                " ended before its def)" in n
                for n in report.notes)
@@ -248,7 +243,7 @@ def test_a_hook_below_a_crash_is_defined_and_a_failing_def_said(tmp_path: Path) 
     assert result.run.status is RunStatus.CRASHED
     assert callable(result.namespace["torchdoctor_loss"])
     assert "torchdoctor_batch" not in result.namespace
-    line = _line_of(tmp_path / "train.py", "def torchdoctor_batch")
+    line = line_starting(tmp_path / "train.py", "def torchdoctor_batch")
     assert any(f"torchdoctor_batch() (line {line}) could not be defined" in n
                and "NameError" in n for n in result.run.notes)
 
